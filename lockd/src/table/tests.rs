@@ -1,0 +1,359 @@
+//! Unit tests of the lock table: one behaviour each, driven with explicit times.
+
+use super::*;
+
+type Table = LockTable<&'static str>;
+
+fn owner(conn: ConnId, handle: u64) -> Owner {
+    Owner { conn, handle }
+}
+
+fn keys(ks: &[&str]) -> Vec<String> {
+    ks.iter().map(|k| k.to_string()).collect()
+}
+
+struct Fixture {
+    table: Table,
+    now: Instant,
+    woken: Vec<Wakeup<&'static str>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with(Limits::default())
+    }
+
+    fn with(limits: Limits) -> Self {
+        Fixture { table: LockTable::new(limits), now: Instant::now(), woken: Vec::new() }
+    }
+
+    fn lock(&mut self, o: Owner, ks: &[&str], mode: Mode, wait: Option<u64>, name: &'static str) -> Result<Acquired, TableError> {
+        let ks = keys(ks);
+        let req = LockRequest { owner: o, keys: &ks, mode, wait: wait.map(Duration::from_secs) };
+        self.table.lock(req, self.now, || name, &mut self.woken)
+    }
+
+    fn x(&mut self, o: Owner, ks: &[&str], name: &'static str) -> Acquired {
+        self.lock(o, ks, Mode::Exclusive, None, name).unwrap()
+    }
+
+    fn s(&mut self, o: Owner, ks: &[&str], name: &'static str) -> Acquired {
+        self.lock(o, ks, Mode::Shared, None, name).unwrap()
+    }
+
+    fn unlock(&mut self, o: Owner, ks: &[&str]) -> Unlocked {
+        self.table.unlock(o, &keys(ks), self.now, &mut self.woken)
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.table.expire(self.now, &mut self.woken);
+    }
+
+    /// The waiters woken since the last call, as (name, how).
+    fn woken(&mut self) -> Vec<(&'static str, WaitEnd)> {
+        self.woken.drain(..).map(|w| (w.waiter, w.end)).collect()
+    }
+
+    fn woken_names(&mut self) -> Vec<&'static str> {
+        self.woken().into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+fn granted(a: Acquired) -> u64 {
+    match a {
+        Acquired::Granted { token } => token,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[test]
+fn free_key_is_granted_and_released() {
+    let mut f = Fixture::new();
+    let t = granted(f.x(owner(1, 0), &["a"], "a1"));
+    assert!(f.table.check("a", t));
+    assert_eq!(f.table.stats().locks, 1);
+    let u = f.unlock(owner(1, 0), &["a", "b"]);
+    assert_eq!(u.released, ["a"]);
+    assert_eq!(u.not_held, ["b"]);
+    assert!(!f.table.check("a", t));
+    assert_eq!(f.table.stats(), TableStats { grants: 1, ..TableStats::default() });
+}
+
+#[test]
+fn try_lock_on_a_held_key_is_busy_and_leaves_no_trace() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "a1");
+    assert_eq!(f.lock(owner(2, 0), &["a"], Mode::Exclusive, Some(0), "b").unwrap(), Acquired::Busy);
+    assert_eq!(f.table.stats().waiters, 0);
+}
+
+#[test]
+fn two_owners_on_one_connection_conflict() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 1), &["a"], "first");
+    assert_eq!(f.lock(owner(1, 2), &["a"], Mode::Exclusive, Some(0), "second").unwrap(), Acquired::Busy);
+}
+
+#[test]
+fn waiters_are_granted_in_arrival_order() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "holder");
+    for (conn, name) in [(2, "w2"), (3, "w3"), (4, "w4")] {
+        assert_eq!(f.x(owner(conn, 0), &["a"], name), Acquired::Queued);
+    }
+    f.unlock(owner(1, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["w2"]);
+    f.unlock(owner(2, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["w3"]);
+    f.unlock(owner(3, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["w4"]);
+}
+
+#[test]
+fn shared_holders_coexist_and_exclusive_waits_for_all_of_them() {
+    let mut f = Fixture::new();
+    granted(f.s(owner(1, 0), &["a"], "r1"));
+    granted(f.s(owner(2, 0), &["a"], "r2"));
+    assert_eq!(f.x(owner(3, 0), &["a"], "w"), Acquired::Queued);
+    f.unlock(owner(1, 0), &["a"]);
+    assert!(f.woken().is_empty());
+    f.unlock(owner(2, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["w"]);
+}
+
+#[test]
+fn shared_request_behind_a_queued_writer_waits_so_writers_do_not_starve() {
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["a"], "r1");
+    assert_eq!(f.x(owner(2, 0), &["a"], "w"), Acquired::Queued);
+    assert_eq!(f.s(owner(3, 0), &["a"], "r3"), Acquired::Queued);
+    f.unlock(owner(1, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["w"]);
+    f.unlock(owner(2, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["r3"]);
+}
+
+#[test]
+fn consecutive_shared_waiters_are_granted_together() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "w");
+    f.s(owner(2, 0), &["a"], "r2");
+    f.s(owner(3, 0), &["a"], "r3");
+    f.x(owner(4, 0), &["a"], "w4");
+    f.unlock(owner(1, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["r2", "r3"]);
+}
+
+#[test]
+fn multi_key_request_is_all_or_nothing() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["b"], "holder");
+    assert_eq!(f.lock(owner(2, 0), &["a", "b"], Mode::Exclusive, Some(0), "try").unwrap(), Acquired::Busy);
+    assert_eq!(f.table.token_of(owner(2, 0), "a"), None, "no partial grant");
+    assert_eq!(f.x(owner(2, 0), &["a", "b"], "both"), Acquired::Queued);
+    // The waiting request keeps its place on the free key too: nobody barges onto it.
+    assert_eq!(f.lock(owner(3, 0), &["a"], Mode::Exclusive, Some(0), "barger").unwrap(), Acquired::Busy);
+    f.unlock(owner(1, 0), &["b"]);
+    let woken = f.woken();
+    assert_eq!(woken.len(), 1);
+    let WaitEnd::Granted { token } = woken[0].1 else { panic!("{woken:?}") };
+    assert_eq!(f.table.token_of(owner(2, 0), "a"), Some(token));
+    assert_eq!(f.table.token_of(owner(2, 0), "b"), Some(token));
+}
+
+#[test]
+fn every_grant_gets_a_larger_token_even_a_relock() {
+    let mut f = Fixture::new();
+    let t1 = granted(f.x(owner(1, 0), &["a"], "a"));
+    let t2 = granted(f.x(owner(1, 0), &["b"], "b"));
+    let t3 = granted(f.x(owner(1, 0), &["a"], "again"));
+    assert!(t1 < t2 && t2 < t3);
+    assert!(!f.table.check("a", t1), "the old token no longer passes");
+    assert!(f.table.check("a", t3));
+    assert_eq!(f.table.stats().locks, 2, "a relock does not add a lock");
+}
+
+#[test]
+fn sole_reader_upgrades_at_once_and_other_readers_make_it_wait() {
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["a"], "r1");
+    granted(f.x(owner(1, 0), &["a"], "up"));
+    f.lock(owner(2, 0), &["a"], Mode::Shared, Some(0), "r2").map(|a| assert_eq!(a, Acquired::Busy)).unwrap();
+
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["a"], "r1");
+    f.s(owner(2, 0), &["a"], "r2");
+    f.x(owner(3, 0), &["a"], "writer");
+    // The upgrade queues ahead of the writer that was already waiting.
+    assert_eq!(f.x(owner(1, 0), &["a"], "upgrade"), Acquired::Queued);
+    f.unlock(owner(2, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["upgrade"]);
+}
+
+#[test]
+fn downgrade_is_immediate_and_lets_shared_waiters_in() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "w");
+    f.s(owner(2, 0), &["a"], "r2");
+    granted(f.s(owner(1, 0), &["a"], "down"));
+    assert_eq!(f.woken_names(), ["r2"]);
+}
+
+#[test]
+fn crossed_waits_are_refused_as_deadlock_naming_the_cycle() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 7), &["a"], "a");
+    f.x(owner(2, 8), &["b"], "b");
+    assert_eq!(f.x(owner(1, 7), &["b"], "1 wants b"), Acquired::Queued);
+    let err = f.lock(owner(2, 8), &["a"], Mode::Exclusive, None, "2 wants a").unwrap_err();
+    let TableError::Deadlock(cycle) = err else { panic!("{err:?}") };
+    assert_eq!(
+        cycle,
+        [
+            CycleStep { connection: 2, owner: 8, key: "a".into() },
+            CycleStep { connection: 1, owner: 7, key: "b".into() },
+        ]
+    );
+    assert_eq!(f.table.stats().deadlocks, 1);
+    assert_eq!(f.table.stats().waiters, 1, "the refused request left no waiter behind");
+}
+
+#[test]
+fn two_readers_upgrading_is_a_deadlock_for_the_second() {
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["a"], "r1");
+    f.s(owner(2, 0), &["a"], "r2");
+    assert_eq!(f.x(owner(1, 0), &["a"], "up1"), Acquired::Queued);
+    assert!(matches!(f.lock(owner(2, 0), &["a"], Mode::Exclusive, None, "up2"), Err(TableError::Deadlock(_))));
+}
+
+#[test]
+fn deadlock_through_a_queue_is_found() {
+    // 1 reads a, 2 queues to write a, 3 holds b and queues to read a behind 2 (so 3
+    // waits for 2, not for 1); 1 asking for b closes 1 -> 3 -> 2 -> 1.
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["a"], "a");
+    f.x(owner(3, 0), &["b"], "b");
+    f.x(owner(2, 0), &["a"], "2 wants a");
+    f.s(owner(3, 0), &["a"], "3 wants a");
+    let err = f.lock(owner(1, 0), &["b"], Mode::Exclusive, None, "1 wants b").unwrap_err();
+    assert!(matches!(err, TableError::Deadlock(ref c) if c.len() == 3), "{err:?}");
+}
+
+#[test]
+fn compatible_wait_is_not_a_false_deadlock() {
+    // 1 holds j; 2 waits for shared k and j; 1 asks for shared k behind 2: 1 does not
+    // wait for 2 (both shared), so there is no cycle.
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["j"], "j");
+    f.x(owner(3, 0), &["k"], "k");
+    assert_eq!(f.s(owner(2, 0), &["k", "j"], "2"), Acquired::Queued);
+    assert_eq!(f.s(owner(1, 0), &["k"], "1"), Acquired::Queued);
+}
+
+#[test]
+fn a_wait_that_runs_out_leaves_the_queue_at_once() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "holder");
+    assert_eq!(f.lock(owner(2, 0), &["a"], Mode::Exclusive, Some(5), "short").unwrap(), Acquired::Queued);
+    f.x(owner(3, 0), &["a"], "patient");
+    assert_eq!(f.table.next_deadline(), Some(f.now + Duration::from_secs(5)));
+    f.advance(4);
+    assert!(f.woken().is_empty());
+    f.advance(1);
+    assert_eq!(f.woken(), [("short", WaitEnd::TimedOut)]);
+    assert_eq!(f.table.stats().timeouts, 1);
+    f.unlock(owner(1, 0), &["a"]);
+    assert_eq!(f.woken_names(), ["patient"]);
+}
+
+#[test]
+fn unlock_of_an_awaited_key_cancels_the_wait() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "holder");
+    f.x(owner(2, 0), &["a"], "waiter");
+    let u = f.unlock(owner(2, 0), &["a"]);
+    assert!(u.cancelled);
+    assert_eq!(f.woken(), [("waiter", WaitEnd::Cancelled)]);
+}
+
+#[test]
+fn connection_death_releases_everything_and_grants_the_next_waiter() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 1), &["a"], "a");
+    f.s(owner(1, 2), &["b"], "b");
+    f.x(owner(2, 0), &["a"], "next");
+    f.x(owner(1, 3), &["a"], "dead waiter");
+    let (released, cancelled) = f.table.release_connection(1, true, f.now, &mut f.woken);
+    assert_eq!((released, cancelled), (2, 1));
+    assert_eq!(f.woken_names(), ["next"], "the dead connection's own waiter is dropped, not granted");
+    assert_eq!(f.table.stats().locks, 1);
+}
+
+#[test]
+fn lock_delay_keeps_a_dead_holders_lock_until_it_runs_out() {
+    let mut f = Fixture::with(Limits { lock_delay: Duration::from_secs(3), ..Limits::default() });
+    let t = granted(f.x(owner(1, 0), &["a"], "a"));
+    f.x(owner(2, 0), &["a"], "next");
+    f.table.release_connection(1, true, f.now, &mut f.woken);
+    assert!(f.woken().is_empty());
+    assert!(!f.table.check("a", t), "a lingering lock is no longer valid");
+    f.advance(3);
+    assert_eq!(f.woken_names(), ["next"]);
+    // An explicit unlock never lingers.
+    f.unlock(owner(2, 0), &["a"]);
+    assert_eq!(f.table.stats().locks, 0);
+}
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let mut f = Fixture::with(Limits { max_locks: 2, max_waiters: 1, max_keys: 3, max_key_len: 4, ..Limits::default() });
+    assert!(matches!(f.lock(owner(1, 0), &["a", "b", "c", "d"], Mode::Exclusive, None, "x"), Err(TableError::TooManyKeys { count: 4, limit: 3 })));
+    assert!(matches!(f.lock(owner(1, 0), &["toolong"], Mode::Exclusive, None, "x"), Err(TableError::BadKey(_))));
+    assert!(matches!(f.lock(owner(1, 0), &[""], Mode::Exclusive, None, "x"), Err(TableError::BadKey(_))));
+    assert!(matches!(f.lock(owner(1, 0), &[], Mode::Exclusive, None, "x"), Err(TableError::BadKey(_))));
+    f.x(owner(1, 0), &["a"], "a");
+    assert!(matches!(f.lock(owner(1, 0), &["b", "c"], Mode::Exclusive, None, "x"), Err(TableError::TooManyLocks { limit: 2 })));
+    assert_eq!(f.x(owner(2, 0), &["a"], "w1"), Acquired::Queued);
+    assert!(matches!(f.lock(owner(2, 0), &["c"], Mode::Exclusive, None, "x"), Err(TableError::OwnerBusy { handle: 0 })));
+    assert!(matches!(f.lock(owner(3, 0), &["a"], Mode::Shared, None, "x"), Err(TableError::TooManyLocks { limit: 2 })), "queued requests count against the lock limit");
+
+    let mut f = Fixture::with(Limits { max_waiters: 1, ..Limits::default() });
+    f.x(owner(1, 0), &["a"], "a");
+    assert_eq!(f.x(owner(2, 0), &["a"], "w1"), Acquired::Queued);
+    assert!(matches!(f.lock(owner(3, 0), &["a"], Mode::Shared, None, "x"), Err(TableError::TooManyWaiters { limit: 1 })));
+    assert_eq!(f.lock(owner(3, 0), &["a"], Mode::Shared, Some(0), "try").unwrap(), Acquired::Busy, "a try-lock never counts as a waiter");
+}
+
+#[test]
+fn duplicate_keys_in_one_request_count_once() {
+    let mut f = Fixture::new();
+    granted(f.x(owner(1, 0), &["a", "a"], "a"));
+    assert_eq!(f.table.stats().locks, 1);
+}
+
+#[test]
+fn snapshot_lists_holders_and_waiters_in_queue_order() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "a");
+    f.x(owner(2, 0), &["a"], "w2");
+    f.s(owner(3, 0), &["a"], "w3");
+    f.x(owner(1, 0), &["b"], "b");
+    let (views, truncated) = f.table.snapshot("", 10);
+    assert!(!truncated);
+    assert_eq!(views.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(views[0].waiters.iter().map(|w| w.owner.conn).collect::<Vec<_>>(), [2, 3]);
+    let (views, truncated) = f.table.snapshot("", 1);
+    assert!(truncated);
+    assert_eq!(views.len(), 1);
+    assert_eq!(f.table.snapshot("b", 10).0.len(), 1);
+}
+
+#[test]
+fn idle_keys_are_forgotten() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["a"], "a");
+    f.unlock(owner(1, 0), &["a"]);
+    assert_eq!(f.table.stats().keys, 0);
+}
