@@ -1,0 +1,97 @@
+//! One client connection: reads frames, runs their commands, writes the replies, and
+//! when it ends for any reason releases every lock its owners held.
+//!
+//! A client cannot stall anyone else: replies to it queue on its own task, a client that
+//! does not read only stops its own requests from being read (backpressure), and a
+//! frame it starts must be finished within `--frame-timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use pklock_proto::{ErrorBody, ErrorCode, FrameError};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::cmd::handle_frame;
+use crate::codec::FrameDecoder;
+use crate::state::{encode_error, Shared};
+
+/// A reply buffer that grew past this (a big `locks` listing) is given back afterwards.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// Serves one client until it closes, breaks the protocol, or the server shuts down.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let conn = shared.connect(peer);
+    debug!(conn, %peer, "connection opened");
+    let (reader, mut writer) = stream.into_split();
+    let mut frames = FramedRead::new(reader, FrameDecoder::new(shared.config.max_frame));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let mut out = Vec::new();
+    let mut authed = shared.config.auth_key.is_none();
+    // When the frame now half-received must be complete.
+    let mut frame_deadline: Option<Instant> = None;
+
+    let why_closed = loop {
+        let mut closing = None;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break "server shutting down",
+            frame = frames.next() => match frame {
+                Some(Ok(payload)) => {
+                    handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+                    // Answer pipelined requests already received in one write.
+                    while let Some(Some(Ok(payload))) = frames.next().now_or_never() {
+                        handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+                    }
+                    frame_deadline = None;
+                }
+                Some(Err(FrameError::TooLarge { len, max })) => {
+                    let err = ErrorBody::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes is larger than this server's limit of {max} bytes; closing"));
+                    encode_error(&mut out, &Value::Null, &err);
+                    closing = Some("frame too large");
+                }
+                Some(Err(_)) => break "read error",
+                None if frames.read_buffer().is_empty() => break "closed by client",
+                None => break "closed by client in the middle of a frame",
+            },
+            Some(reply) = rx.recv() => out.extend_from_slice(&reply),
+            _ = sleep_until(frame_deadline.unwrap_or_else(Instant::now)), if frame_deadline.is_some() => {
+                break "frame not completed within --frame-timeout"
+            }
+        }
+        while let Ok(reply) = rx.try_recv() {
+            out.extend_from_slice(&reply);
+        }
+        if !out.is_empty() {
+            tokio::select! {
+                written = writer.write_all(&out) => if written.is_err() { break "write error" },
+                _ = shutdown.cancelled() => break "server shutting down",
+            }
+            out.clear();
+            if out.capacity() > KEEP_BUFFER {
+                out = Vec::new();
+            }
+        }
+        if let Some(reason) = closing {
+            break reason;
+        }
+        if !frames.read_buffer().is_empty() && frame_deadline.is_none() {
+            frame_deadline = Some(Instant::now() + shared.config.frame_timeout);
+        }
+    };
+
+    let (released, cancelled) = shared.disconnect(conn);
+    if released + cancelled > 0 {
+        info!(conn, %peer, released, cancelled, reason = why_closed, "connection closed; its locks were released");
+    } else {
+        debug!(conn, %peer, reason = why_closed, "connection closed");
+    }
+}
