@@ -81,6 +81,10 @@ impl Shared {
         let mut woken = Vec::new();
         let released = self.table().release_connection(conn, true, Instant::now(), &mut woken);
         self.deliver(woken);
+        if !self.config.lock_delay.is_zero() && released.0 > 0 {
+            // Its locks now linger until a deadline the reaper must learn about.
+            self.deadline_added.notify_one();
+        }
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
         self.connections.fetch_sub(1, Ordering::Relaxed);
         released

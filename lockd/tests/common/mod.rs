@@ -1,0 +1,147 @@
+//! Test support: an in-process lockd on a free loopback port, and a blocking client
+//! that speaks the wire format through pklock-proto.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use clap::Parser;
+use lockd::{Config, Server};
+use pklock_proto::frame::{self, FrameError};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a reply it expects before failing.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::with_args(&[])
+    }
+
+    pub fn with_args(args: &[&str]) -> Self {
+        let argv = ["lockd", "--listen", "127.0.0.1:0", "--log-level", "warn"].iter().chain(args);
+        let config = Config::parse_from(argv);
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let server = Server::bind(config).await.expect("bind");
+                addr_tx.send(server.local_addrs()[0]).unwrap();
+                server.run(token).await;
+            });
+        });
+        let addr = addr_rx.recv_timeout(REPLY_TIMEOUT).expect("server started");
+        TestServer { addr, shutdown, thread: Some(thread) }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        Client { stream, next_id: 0 }
+    }
+
+    /// Sends a request and returns its id.
+    pub fn send(&mut self, command: &str, parameters: Value) -> u64 {
+        self.next_id += 1;
+        self.send_value(&json!({"id": self.next_id, "command": command, "parameters": parameters}));
+        self.next_id
+    }
+
+    pub fn send_value(&mut self, msg: &Value) {
+        frame::write_frame(&mut self.stream, msg).expect("write");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next reply; fails the test if none comes within REPLY_TIMEOUT.
+    pub fn recv(&mut self) -> Value {
+        self.try_recv(REPLY_TIMEOUT).expect("a reply")
+    }
+
+    /// The next reply, or None if nothing arrives within `wait`.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut payload = Vec::new();
+        let got = frame::read_frame(&mut self.stream, usize::MAX, &mut payload);
+        self.stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        match got {
+            Ok(()) => Some(serde_json::from_slice(&payload).expect("reply is JSON")),
+            Err(FrameError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("reading reply: {e}"),
+        }
+    }
+
+    /// Sends a request and returns its result, failing on an error reply.
+    pub fn call(&mut self, command: &str, parameters: Value) -> Value {
+        let reply = self.call_reply(command, parameters);
+        assert!(reply.get("error").is_none(), "{command} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Sends a request and returns the whole reply.
+    pub fn call_reply(&mut self, command: &str, parameters: Value) -> Value {
+        let id = self.send(command, parameters);
+        let reply = self.recv();
+        assert_eq!(reply["id"], json!(id), "reply matches request");
+        reply
+    }
+
+    /// Takes `key` for `owner`, failing unless it is granted; returns the token.
+    pub fn lock(&mut self, key: &str, owner: u64) -> u64 {
+        let r = self.call("lock", json!({"keys": key, "owner": owner, "wait": 0}));
+        assert_eq!(r["granted"], json!(true), "lock {key}: {r}");
+        r["token"].as_u64().unwrap()
+    }
+
+    /// Whether the server closed this connection (reads EOF within the timeout).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue, // a final error frame may come first
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}

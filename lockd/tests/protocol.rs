@@ -1,0 +1,199 @@
+//! The wire protocol over real TCP: envelopes, errors, pkLockServer's original messages,
+//! and bad input (malformed, oversized, half-sent frames, floods) that must never crash
+//! the server, lose or leak a lock, or disturb other clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestServer};
+use serde_json::json;
+
+#[test]
+fn hello_reports_versions_and_features() {
+    let server = TestServer::start();
+    let r = server.client().call("hello", json!({"client": "test"}));
+    assert_eq!(r["protocol"], json!(1));
+    assert_eq!(r["server"], json!("lockd"));
+    assert!(r["features"].as_array().unwrap().contains(&json!("shared")));
+    assert!(r["connection"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ids_of_any_json_type_are_echoed_and_parameters_may_be_omitted() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    for id in [json!("abc"), json!(7), json!(null), json!({"n": 1})] {
+        c.send_value(&json!({"id": id, "command": "ping"}));
+        assert_eq!(c.recv(), json!({"id": id, "result": {"pong": true}}));
+    }
+}
+
+#[test]
+fn pipelined_requests_are_all_answered_and_a_granted_wait_may_answer_later() {
+    let server = TestServer::start();
+    let (mut holder, mut c) = (server.client(), server.client());
+    holder.lock("k", 0);
+    let waiting = c.send("lock", json!({"keys": "k", "owner": 1}));
+    let pings: Vec<u64> = (0..50).map(|_| c.send("ping", json!({}))).collect();
+    for id in pings {
+        assert_eq!(c.recv()["id"], json!(id), "pings answered in order while the lock waits");
+    }
+    holder.call("unlock", json!({"keys": "k"}));
+    assert_eq!(c.recv()["id"], json!(waiting));
+}
+
+#[test]
+fn pklockserver_lock_and_unlock_messages_keep_working() {
+    let server = TestServer::start();
+    let (mut old, mut other) = (server.client(), server.client());
+    // pkLockClient::lock sends an rpc with parameters.lockName and waits for status ok.
+    old.send_value(&json!({"command": "lock", "parameters": {"lockName": "test"}, "id": 1}));
+    assert_eq!(old.recv(), json!({"id": 1, "result": {"status": "ok"}}));
+    other.send_value(&json!({"command": "lock", "parameters": {"lockName": "test"}, "id": 1}));
+    assert!(other.try_recv(Duration::from_millis(100)).is_none(), "waits in FIFO order");
+    // pkLockClient::unlock writes a message with no id and a top-level lockName.
+    old.send_value(&json!({"command": "unlock", "lockName": "test"}));
+    assert_eq!(old.recv(), json!({"attempted": "unlock", "result": "ok", "lockName": "test"}));
+    assert_eq!(other.recv(), json!({"id": 1, "result": {"status": "ok"}}));
+    old.send_value(&json!({"command": "unlock", "lockName": "test"}));
+    assert_eq!(old.recv(), json!({"attempted": "unlock", "result": "notFound", "lockName": "test"}));
+    old.send_value(&json!({"command": "unlock", "lockName": 5}));
+    assert_eq!(old.recv(), json!({"attempted": "unlock", "result": "invalid"}));
+}
+
+#[test]
+fn native_requests_for_a_key_named_lockname_get_native_replies() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    assert_eq!(c.call("lock", json!({"keys": "lockName"}))["granted"], json!(true));
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_connection_carries_on() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    for (payload, code) in [
+        (&b"not json"[..], "bad_request"),
+        (b"[1,2,3]", "bad_request"),
+        (br#"{"id":1}"#, "bad_request"),
+        (br#"{"id":1,"command":"fly"}"#, "unknown_command"),
+        (br#"{"id":1,"command":"lock","parameters":{"keys":5}}"#, "bad_request"),
+        (br#"{"id":1,"command":"lock","parameters":{"keys":"a","mode":"sideways"}}"#, "bad_request"),
+        (br#"{"id":1,"command":"lock","parameters":{"keys":"a","wait":-1}}"#, "bad_request"),
+        (br#"{"id":1,"command":"lock","parameters":{"keys":"a","owner":-3}}"#, "bad_request"),
+        (br#"{"id":1,"command":"lock","parameters":{"keys":"a","colour":"red"}}"#, "bad_request"),
+        (br#"{"id":1,"command":"check","parameters":{}}"#, "bad_request"),
+        (b"\xff\xfe", "bad_request"),
+    ] {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        c.send_raw(&frame);
+        let reply = c.recv();
+        assert_eq!(reply["error"]["code"], json!(code), "for {:?}: {reply}", String::from_utf8_lossy(payload));
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(c.call("ping", json!({})), json!({"pong": true}));
+}
+
+#[test]
+fn an_oversized_frame_is_refused_and_closed_without_harming_others() {
+    let server = TestServer::with_args(&["--max-frame", "1024"]);
+    let (mut bad, mut good) = (server.client(), server.client());
+    good.lock("kept", 0);
+    bad.lock("lost", 0);
+    bad.send_raw(&100_000u32.to_be_bytes());
+    assert_eq!(bad.recv()["error"]["code"], json!("frame_too_large"));
+    assert!(bad.is_closed_by_server());
+    let stat = good.call("stat", json!({}));
+    assert_eq!(stat["locks"], json!(1), "the closed client's lock is released, the other kept: {stat}");
+    assert_eq!(good.call("check", json!({"key": "kept", "token": 1})), json!({"valid": true}));
+}
+
+#[test]
+fn a_half_sent_frame_is_closed_after_the_frame_timeout() {
+    let server = TestServer::with_args(&["--frame-timeout", "0.2"]);
+    let (mut slow, mut good) = (server.client(), server.client());
+    slow.lock("held", 0);
+    slow.send_raw(&[0, 0, 0, 50, b'{']);
+    assert!(good.call("ping", json!({}))["pong"].as_bool().unwrap(), "others are served meanwhile");
+    assert!(slow.is_closed_by_server());
+    assert_eq!(good.call("stat", json!({}))["locks"], json!(0), "its lock went with it");
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_others() {
+    let server = TestServer::start();
+    let flooder = server.client();
+    // Many requests whose replies are never read: the flooder's own socket fills up.
+    let mut frames = Vec::new();
+    for i in 0..200_000u32 {
+        pklock_proto::frame::encode_into(&mut frames, &json!({"id": i, "command": "ping"})).unwrap();
+    }
+    let mut writer = flooder.stream.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(&frames); // blocks once both socket buffers are full
+    });
+    let mut good = server.client();
+    for _ in 0..100 {
+        assert_eq!(good.call("ping", json!({})), json!({"pong": true}));
+    }
+    good.lock("k", 0);
+    flooder.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    flood.join().unwrap();
+    assert_eq!(good.call("stat", json!({}))["locks"], json!(1));
+}
+
+#[test]
+fn many_connections_coming_and_going_leave_nothing_behind() {
+    let server = TestServer::start();
+    for i in 0..200 {
+        let mut c = server.client();
+        c.lock(&format!("k{}", i % 7), 0);
+        if i % 2 == 0 {
+            c.send_raw(&[0, 0]); // and some leave mid-frame
+        }
+    }
+    let mut c = server.client();
+    let mut stat = c.call("stat", json!({}));
+    for _ in 0..200 {
+        if stat["connections"] == json!(1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        stat = c.call("stat", json!({}));
+    }
+    assert_eq!(stat["connections"], json!(1), "{stat}");
+    assert_eq!(stat["locks"], json!(0));
+    assert_eq!(stat["waiters"], json!(0));
+}
+
+#[test]
+fn auth_key_is_required_before_any_other_command() {
+    let server = TestServer::with_args(&["--auth-key", "s3cret"]);
+    let mut c = server.client();
+    assert_eq!(c.call_reply("ping", json!({}))["error"]["code"], json!("auth_required"));
+    assert_eq!(c.call_reply("hello", json!({"auth_key": "wrong"}))["error"]["code"], json!("auth_failed"));
+    assert_eq!(c.call_reply("lock", json!({"keys": "k"}))["error"]["code"], json!("auth_required"));
+    c.call("hello", json!({"auth_key": "s3cret"}));
+    assert_eq!(c.call("ping", json!({})), json!({"pong": true}));
+}
+
+#[test]
+fn addresses_outside_the_allow_list_are_closed_at_once() {
+    let server = TestServer::with_args(&["--allow", "10.0.0.0/8"]);
+    let mut c = Client::connect(server.addr);
+    assert!(c.is_closed_by_server());
+}
+
+#[test]
+fn clients_over_the_limit_are_told_and_closed() {
+    let server = TestServer::with_args(&["--max-clients", "1"]);
+    let mut first = server.client();
+    first.call("ping", json!({}));
+    let mut second = server.client();
+    assert_eq!(second.recv()["error"]["code"], json!("too_many_clients"));
+    assert!(second.is_closed_by_server());
+    assert_eq!(first.call("ping", json!({})), json!({"pong": true}));
+}
