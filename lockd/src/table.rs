@@ -709,6 +709,11 @@ impl<W> LockTable<W> {
                     self.reserved -= req.new_keys;
                     self.owner_mut(req.owner).pending = None;
                     let token = self.apply_grant(req.owner, req.mode, &req.keys, now);
+                    // Keys it held but did not queue on may have been downgraded, which
+                    // can let shared waiters in there.
+                    if req.mode == Mode::Shared {
+                        dirty.extend(req.keys.iter().filter(|k| !req.queued_on.contains(k)).cloned());
+                    }
                     woken.push(Wakeup { waiter: req.waiter, end: WaitEnd::Granted { token } });
                 } else {
                     any_ahead = true;

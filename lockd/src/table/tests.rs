@@ -357,3 +357,18 @@ fn idle_keys_are_forgotten() {
     f.unlock(owner(1, 0), &["a"]);
     assert_eq!(f.table.stats().keys, 0);
 }
+
+#[test]
+fn a_queued_grant_that_downgrades_lets_shared_waiters_in() {
+    // C holds k0 exclusively and queues [k1, shared k0]; B waits to read k0. When C's
+    // request is granted, k0 becomes shared and B must get it in the same step.
+    let mut f = Fixture::new();
+    f.x(owner(2, 0), &["k1"], "a");
+    f.x(owner(0, 1), &["k0"], "c");
+    assert_eq!(f.s(owner(0, 0), &["k0"], "b reads k0"), Acquired::Queued);
+    assert_eq!(f.s(owner(0, 1), &["k1", "k0"], "c"), Acquired::Queued);
+    f.unlock(owner(2, 0), &["k1"]);
+    let mut woken = f.woken_names();
+    woken.sort();
+    assert_eq!(woken, ["b reads k0", "c"]);
+}
