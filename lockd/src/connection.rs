@@ -23,16 +23,21 @@ use tracing::{debug, info};
 use crate::cmd::handle_frame;
 use crate::codec::FrameDecoder;
 use crate::state::{encode_error, Shared};
+use crate::table::ConnId;
 
 /// A reply buffer that grew past this (a big `locks` listing) is given back afterwards.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-/// Serves one client until it closes, breaks the protocol, or the server shuts down.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-    let conn = shared.connect(peer);
+/// Read buffer a connection starts with; it grows for larger frames. Most requests are
+/// well under this, and idle connections should cost little memory.
+const INITIAL_READ_BUFFER: usize = 512;
+
+/// Serves connection `conn` (already registered with [`Shared::connect`]) until the
+/// client closes, breaks the protocol, or the server shuts down.
+pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     debug!(conn, %peer, "connection opened");
     let (reader, mut writer) = stream.into_split();
-    let mut frames = FramedRead::new(reader, FrameDecoder::new(shared.config.max_frame));
+    let mut frames = FramedRead::with_capacity(reader, FrameDecoder::new(shared.config.max_frame), INITIAL_READ_BUFFER);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let mut out = Vec::new();
     let mut authed = shared.config.auth_key.is_none();

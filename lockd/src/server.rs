@@ -97,7 +97,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
         if let Err(e) = configure(&stream, &shared.config) {
             warn!(%peer, error = %e, "could not set socket options");
         }
-        tracker.spawn(connection::serve(shared.clone(), stream, peer, shutdown.clone()));
+        // Registered here, before the next accept, so a burst cannot overshoot the limit.
+        let conn = shared.connect(peer);
+        tracker.spawn(connection::serve(shared.clone(), conn, stream, peer, shutdown.clone()));
     }
 }
 
@@ -143,5 +145,29 @@ async fn sleep_until_or_forever(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_nodelay_keepalive_and_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        let config = Config::parse_from(["lockd", "--keepalive-idle", "7", "--keepalive-interval", "2", "--keepalive-count", "4", "--user-timeout", "9"]);
+        configure(&server_side, &config).unwrap();
+        let sock = SockRef::from(&server_side);
+        assert!(server_side.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(2));
+        assert_eq!(sock.keepalive_retries().unwrap(), 4);
+        #[cfg(target_os = "linux")]
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(9)));
+        drop(client);
     }
 }

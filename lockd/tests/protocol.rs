@@ -197,3 +197,19 @@ fn clients_over_the_limit_are_told_and_closed() {
     assert!(second.is_closed_by_server());
     assert_eq!(first.call("ping", json!({})), json!({"pong": true}));
 }
+
+#[test]
+fn listens_on_several_addresses_including_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let server = TestServer::with_args(&["--listen", "[::1]:0"]);
+    // The first --listen (IPv4, from the harness) and the IPv6 one both serve, and
+    // IPv6 loopback is in the default allow-list.
+    let mut v4 = server.client();
+    v4.lock("shared-table", 0);
+    let v6_addr = server.addrs.iter().find(|a| a.is_ipv6()).copied().expect("an IPv6 listener");
+    let mut v6 = Client::connect(v6_addr);
+    assert_eq!(v6.call("lock", json!({"keys": "shared-table", "wait": 0})), json!({"granted": false}), "one table behind both");
+}

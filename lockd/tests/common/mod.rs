@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct TestServer {
+    /// The first listening address.
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
@@ -38,12 +40,12 @@ impl TestServer {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let server = Server::bind(config).await.expect("bind");
-                addr_tx.send(server.local_addrs()[0]).unwrap();
+                addr_tx.send(server.local_addrs()).unwrap();
                 server.run(token).await;
             });
         });
-        let addr = addr_rx.recv_timeout(REPLY_TIMEOUT).expect("server started");
-        TestServer { addr, shutdown, thread: Some(thread) }
+        let addrs: Vec<SocketAddr> = addr_rx.recv_timeout(REPLY_TIMEOUT).expect("server started");
+        TestServer { addr: addrs[0], addrs, shutdown, thread: Some(thread) }
     }
 
     pub fn client(&self) -> Client {
