@@ -20,11 +20,18 @@
 //!   [`Wakeup`] when its request is granted, times out or is cancelled.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pklock_proto::{CycleStep, Mode};
+
+use keys::{KeyMap, KeyState};
+
+mod keys;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub type ConnId = u64;
 pub type Key = Arc<str>;
@@ -184,44 +191,6 @@ impl Holder {
     }
 }
 
-#[derive(Debug, Default)]
-struct KeyState {
-    holders: Vec<Holder>,
-    /// Upgrades wait ahead of everyone else, in arrival order.
-    upgrades: Vec<RequestId>,
-    /// Other waiters in arrival order. Request ids grow with arrival, so this stays
-    /// sorted and a request's place is found by binary search.
-    queue: VecDeque<RequestId>,
-}
-
-impl KeyState {
-    fn is_idle(&self) -> bool {
-        self.holders.is_empty() && self.upgrades.is_empty() && self.queue.is_empty()
-    }
-
-    /// The waiters of this key in grant order.
-    fn waiters(&self) -> impl Iterator<Item = RequestId> + '_ {
-        self.upgrades.iter().chain(self.queue.iter()).copied()
-    }
-
-    /// The waiters ahead of `rid`, nearest first.
-    fn ahead_of(&self, rid: RequestId) -> Vec<RequestId> {
-        if let Some(i) = self.upgrades.iter().position(|&r| r == rid) {
-            return self.upgrades[..i].iter().rev().copied().collect();
-        }
-        let i = self.queue.binary_search(&rid).unwrap_or_else(|i| i);
-        self.queue.range(..i).rev().chain(self.upgrades.iter().rev()).copied().collect()
-    }
-
-    fn remove_waiter(&mut self, rid: RequestId) {
-        if let Ok(i) = self.queue.binary_search(&rid) {
-            self.queue.remove(i);
-        } else {
-            self.upgrades.retain(|&r| r != rid);
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Pending<W> {
     owner: Owner,
@@ -258,7 +227,7 @@ enum Deadline {
 #[derive(Debug)]
 pub struct LockTable<W> {
     limits: Limits,
-    keys: HashMap<Key, KeyState>,
+    keys: KeyMap,
     conns: HashMap<ConnId, ConnState>,
     pending: HashMap<RequestId, Pending<W>>,
     deadlines: BinaryHeap<Reverse<(Instant, Deadline)>>,
@@ -278,9 +247,9 @@ impl<W> LockTable<W> {
     pub fn new(limits: Limits) -> Self {
         LockTable {
             limits,
-            keys: HashMap::new(),
-            conns: HashMap::new(),
-            pending: HashMap::new(),
+            keys: KeyMap::default(),
+            conns: HashMap::default(),
+            pending: HashMap::default(),
             deadlines: BinaryHeap::new(),
             lingering: 0,
             next_request: 0,
@@ -340,7 +309,7 @@ impl<W> LockTable<W> {
             let upgrading = upgrades.contains(key);
             state.is_none_or(|s| {
                 !s.holders.iter().any(|h| h.owner != req.owner && h.blocks(req.mode))
-                    && (if upgrading { s.upgrades.is_empty() } else { self.queue_admits(s, req.mode) })
+                    && (if upgrading { !s.has_upgrades() } else { self.queue_admits(s, req.mode) })
             })
         });
         if grantable_now {
@@ -358,12 +327,7 @@ impl<W> LockTable<W> {
         self.next_request += 1;
         let rid = self.next_request;
         for key in &queued_on {
-            let state = self.keys.entry(key.clone()).or_default();
-            if upgrades.contains(key) {
-                state.upgrades.push(rid);
-            } else {
-                state.queue.push_back(rid);
-            }
+            self.keys.get_or_insert(key).push_waiter(rid, upgrades.contains(key));
         }
         let deadline = req.wait.map(|w| now + w);
         self.pending.insert(
@@ -520,19 +484,18 @@ impl<W> LockTable<W> {
     /// Keys starting with `prefix`, sorted, at most `limit` of them; the flag says
     /// whether more matched.
     pub fn snapshot(&self, prefix: &str, limit: usize) -> (Vec<KeyView>, bool) {
-        let mut names: Vec<&Key> = self.keys.keys().filter(|k| k.starts_with(prefix)).collect();
-        let truncated = names.len() > limit;
+        let mut states: Vec<&KeyState> = self.keys.iter().filter(|s| s.key.starts_with(prefix)).collect();
+        let truncated = states.len() > limit;
         if truncated {
-            names.select_nth_unstable(limit);
-            names.truncate(limit);
+            states.select_nth_unstable_by(limit, |a, b| a.key.cmp(&b.key));
+            states.truncate(limit);
         }
-        names.sort_unstable();
-        let views = names
+        states.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let views = states
             .into_iter()
-            .map(|name| {
-                let state = &self.keys[name];
+            .map(|state| {
                 KeyView {
-                    key: name.to_string(),
+                    key: state.key.to_string(),
                     holders: state
                         .holders
                         .iter()
@@ -574,7 +537,7 @@ impl<W> LockTable<W> {
             }
             if !out.iter().any(|k| **k == **key) {
                 // Share the table's allocation when the key already exists.
-                out.push(self.keys.get_key_value(key.as_str()).map_or_else(|| Key::from(key.as_str()), |(k, _)| k.clone()));
+                out.push(self.keys.get(key).map_or_else(|| Key::from(key.as_str()), |s| s.key.clone()));
             }
         }
         Ok(out)
@@ -600,8 +563,8 @@ impl<W> LockTable<W> {
     /// incompatible ahead of it.
     fn queue_admits(&self, state: &KeyState, mode: Mode) -> bool {
         match mode {
-            Mode::Exclusive => state.upgrades.is_empty() && state.queue.is_empty(),
-            Mode::Shared => state.upgrades.is_empty() && state.queue.iter().all(|r| self.pending[r].mode == Mode::Shared),
+            Mode::Exclusive => state.waiters().next().is_none(),
+            Mode::Shared => !state.has_upgrades() && state.waiters().all(|r| self.pending[&r].mode == Mode::Shared),
         }
     }
 
@@ -609,9 +572,9 @@ impl<W> LockTable<W> {
     fn grantable(&self, rid: RequestId) -> bool {
         let req = &self.pending[&rid];
         req.queued_on.iter().all(|key| {
-            let state = &self.keys[key];
+            let state = self.keys.get(key).expect("a waiter's key has state");
             !state.holders.iter().any(|h| h.owner != req.owner && h.blocks(req.mode))
-                && state.ahead_of(rid).into_iter().all(|r| req.mode.compatible_with(self.pending[&r].mode))
+                && state.ahead_of(rid).all(|r| req.mode.compatible_with(self.pending[&r].mode))
         })
     }
 
@@ -622,7 +585,7 @@ impl<W> LockTable<W> {
         self.grants += 1;
         let mut added = Vec::new();
         for key in keys {
-            let state = self.keys.entry(key.clone()).or_default();
+            let state = self.keys.get_or_insert(key);
             match state.holders.iter_mut().find(|h| h.owner == owner && !h.lingering) {
                 Some(h) => {
                     h.mode = mode;
@@ -720,9 +683,7 @@ impl<W> LockTable<W> {
                     exclusive_ahead |= mode == Mode::Exclusive;
                 }
             }
-            if self.keys.get(&key).is_some_and(KeyState::is_idle) {
-                self.keys.remove(&key);
-            }
+            self.keys.remove_if_idle(&key);
         }
         self.compact_deadlines();
     }
@@ -751,7 +712,7 @@ impl<W> LockTable<W> {
         let req = &self.pending[&rid];
         let mut out = Vec::new();
         for key in &req.queued_on {
-            let state = &self.keys[key];
+            let state = self.keys.get(key).expect("a waiter's key has state");
             for h in &state.holders {
                 if h.owner != req.owner && h.blocks(req.mode) {
                     out.push((key.clone(), h.owner));
@@ -774,7 +735,7 @@ impl<W> LockTable<W> {
     /// cycle through it, if any.
     fn find_cycle(&self, rid: RequestId) -> Option<Vec<CycleStep>> {
         let start = self.pending[&rid].owner;
-        let mut visited = HashSet::new();
+        let mut visited = HashSet::default();
         // Each frame: an owner, its outgoing edges, and the next edge to follow.
         let mut stack: Vec<(Owner, Vec<(Key, Owner)>, usize)> = vec![(start, self.blockers(rid), 0)];
         visited.insert(start);
