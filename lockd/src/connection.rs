@@ -54,10 +54,17 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
             _ = shutdown.cancelled() => break "server shutting down",
             frame = frames.next() => match frame {
                 Some(Ok(payload)) => {
-                    handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+                    let mut woke_waiters = handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
                     // Answer pipelined requests already received in one write.
                     while let Some(Some(Ok(payload))) = frames.next().now_or_never() {
-                        handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+                        woke_waiters |= handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+                    }
+                    if woke_waiters {
+                        // Let the woken connections' tasks (scheduled next on this worker)
+                        // send their grants before this one sends its own reply: handoff
+                        // latency is what waiters feel, and an unlock's reply is rarely
+                        // awaited.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Some(Err(FrameError::TooLarge { len, max })) => {

@@ -334,7 +334,10 @@ impl<W> LockTable<W> {
             rid,
             Pending { owner: req.owner, mode: req.mode, keys, queued_on, new_keys, since: now, deadline, waiter: waiter() },
         );
-        if let Some(cycle) = self.find_cycle(rid) {
+        // Only an owner that holds something can be waited for, so only then can its
+        // wait close a cycle (the common first lock of a request skips the search).
+        let holds_something = self.owner(req.owner).is_some_and(|o| !o.held.is_empty());
+        if let Some(cycle) = holds_something.then(|| self.find_cycle(rid)).flatten() {
             self.deadlocks += 1;
             let undone = self.take_pending(rid);
             self.process(undone.queued_on, now, woken);

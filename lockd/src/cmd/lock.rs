@@ -33,7 +33,7 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
         || Waiter { tx: ctx.tx.clone(), id: ctx.id.clone(), style },
         &mut woken,
     );
-    ctx.shared.deliver(woken);
+    ctx.deliver(woken);
     match (acquired?, style) {
         (Acquired::Granted { token }, ReplyStyle::Native) => ctx.reply(&LockResult { granted: true, token: Some(token) }),
         (Acquired::Granted { .. }, ReplyStyle::PkLockServer) => ctx.reply(&LegacyLockResult { status: "ok".into() }),

@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::state::{encode_error, encode_result, Shared};
-use crate::table::{ConnId, TableError};
+use crate::state::{encode_error, encode_result, Shared, Waiter};
+use crate::table::{ConnId, TableError, Wakeup};
 
 mod check;
 mod hello;
@@ -34,9 +34,17 @@ pub struct Ctx<'a> {
     /// Whether this connection has sent the auth key (always true without one).
     pub authed: &'a mut bool,
     pub id: &'a Value,
+    /// Whether this request ended somebody's wait.
+    pub woke_waiters: bool,
 }
 
 impl Ctx<'_> {
+    /// Answers the waiters whose wait this request ended.
+    pub fn deliver(&mut self, woken: Vec<Wakeup<Waiter>>) {
+        self.woke_waiters |= !woken.is_empty();
+        self.shared.deliver(woken);
+    }
+
     /// Writes the successful reply to this request.
     pub fn reply<R: Serialize>(&mut self, result: &R) {
         encode_result(self.out, self.id, result);
@@ -45,7 +53,8 @@ impl Ctx<'_> {
 
 pub type CmdResult = Result<(), ErrorBody>;
 
-/// Runs one request frame, writing its reply (unless it waits) into `ctx.out`.
+/// Runs one request frame, writing its reply (unless it waits) into `out`. Returns
+/// whether it ended other requests' waits (their replies are already queued).
 pub fn handle_frame(
     shared: &Arc<Shared>,
     conn: ConnId,
@@ -53,18 +62,20 @@ pub fn handle_frame(
     authed: &mut bool,
     out: &mut Vec<u8>,
     payload: &[u8],
-) {
+) -> bool {
     let req: RequestIn<'_> = match serde_json::from_slice(payload) {
         Ok(req) => req,
         Err(e) => {
             let err = ErrorBody::new(ErrorCode::BadRequest, format!("frame is not a JSON request object: {e}"));
-            return encode_error(out, &Value::Null, &err);
+            encode_error(out, &Value::Null, &err);
+            return false;
         }
     };
-    let mut ctx = Ctx { shared, conn, tx, out, authed, id: &req.id };
+    let mut ctx = Ctx { shared, conn, tx, out, authed, id: &req.id, woke_waiters: false };
     if let Err(err) = dispatch(&mut ctx, &req) {
         encode_error(ctx.out, ctx.id, &err);
     }
+    ctx.woke_waiters
 }
 
 fn dispatch(ctx: &mut Ctx<'_>, req: &RequestIn<'_>) -> CmdResult {
