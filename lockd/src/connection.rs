@@ -1,20 +1,19 @@
 //! One client connection: reads frames, runs their commands, writes the replies, and
 //! when it ends for any reason releases every lock its owners held.
 //!
-//! A client cannot stall anyone else: replies to it queue on its own task, a client that
-//! does not read only stops its own requests from being read (backpressure), and a
-//! frame it starts must be finished within `--frame-timeout`.
+//! A client cannot stall anyone else: what others send it (grants) never blocks them
+//! (see [`Outbox`]), a client that does not read its replies only stops its own requests
+//! from being read (backpressure), and a frame it starts must be finished within
+//! `--frame-timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use pklock_proto::{ErrorBody, ErrorCode, FrameError};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -22,29 +21,30 @@ use tracing::{debug, info};
 
 use crate::cmd::handle_frame;
 use crate::codec::FrameDecoder;
+use crate::outbox::Outbox;
 use crate::state::{encode_error, Shared};
 use crate::table::ConnId;
-
-/// A reply buffer that grew past this (a big `locks` listing) is given back afterwards.
-const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Read buffer a connection starts with; it grows for larger frames. Most requests are
 /// well under this, and idle connections should cost little memory.
 const INITIAL_READ_BUFFER: usize = 512;
 
+/// A reply buffer that grew past this (a big `locks` listing) is given back afterwards.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// Serves connection `conn` (already registered with [`Shared::connect`]) until the
 /// client closes, breaks the protocol, or the server shuts down.
 pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     debug!(conn, %peer, "connection opened");
-    let (reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let outbox = Arc::new(Outbox::new(writer));
     let mut frames = FramedRead::with_capacity(reader, FrameDecoder::new(shared.config.max_frame), INITIAL_READ_BUFFER);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let mut out = Vec::new();
     let mut authed = shared.config.auth_key.is_none();
     // Checks for a frame left half-sent; a quarter of the limit keeps the close within
     // 1.25 x --frame-timeout while idle connections rarely wake.
     let frame_timeout = shared.config.frame_timeout;
-    let mut half_sent_check = interval((frame_timeout / 4).max(std::time::Duration::from_millis(10)));
+    let mut half_sent_check = interval((frame_timeout / 4).max(Duration::from_millis(10)));
     half_sent_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let why_closed = loop {
@@ -52,48 +52,49 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "server shutting down",
-            frame = frames.next() => match frame {
-                Some(Ok(payload)) => {
-                    let mut woke_waiters = handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
-                    // Answer pipelined requests already received in one write.
-                    while let Some(Some(Ok(payload))) = frames.next().now_or_never() {
-                        woke_waiters |= handle_frame(&shared, conn, &tx, &mut authed, &mut out, &payload);
+            frame = frames.next() => {
+                let Some(first) = frame else {
+                    break if frames.read_buffer().is_empty() { "closed by client" } else { "closed by client in the middle of a frame" };
+                };
+                // Run every request already received, so pipelined requests are
+                // answered in one write.
+                let mut next = Some(first);
+                while let Some(result) = next {
+                    match result {
+                        Ok(payload) => handle_frame(&shared, conn, &outbox, &mut authed, &mut out, &payload),
+                        Err(FrameError::TooLarge { len, max }) => {
+                            let err = ErrorBody::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes is larger than this server's limit of {max} bytes; closing"));
+                            encode_error(&mut out, &Value::Null, &err);
+                            closing = Some("frame too large");
+                            break;
+                        }
+                        Err(_) => {
+                            closing = Some("read error");
+                            break;
+                        }
                     }
-                    if woke_waiters {
-                        // Let the woken connections' tasks (scheduled next on this worker)
-                        // send their grants before this one sends its own reply: handoff
-                        // latency is what waiters feel, and an unlock's reply is rarely
-                        // awaited.
-                        tokio::task::yield_now().await;
-                    }
+                    next = frames.next().now_or_never().flatten();
                 }
-                Some(Err(FrameError::TooLarge { len, max })) => {
-                    let err = ErrorBody::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes is larger than this server's limit of {max} bytes; closing"));
-                    encode_error(&mut out, &Value::Null, &err);
-                    closing = Some("frame too large");
-                }
-                Some(Err(_)) => break "read error",
-                None if frames.read_buffer().is_empty() => break "closed by client",
-                None => break "closed by client in the middle of a frame",
-            },
-            Some(reply) = rx.recv() => out.extend_from_slice(&reply),
+            }
+            _ = outbox.queued_by_other() => {}
             _ = half_sent_check.tick() => {
                 if frames.decoder().partial_for() >= frame_timeout {
                     break "frame not completed within --frame-timeout";
                 }
             }
         }
-        while let Ok(reply) = rx.try_recv() {
-            out.extend_from_slice(&reply);
-        }
         if !out.is_empty() {
-            tokio::select! {
-                written = writer.write_all(&out) => if written.is_err() { break "write error" },
-                _ = shutdown.cancelled() => break "server shutting down",
-            }
+            outbox.send(&out);
             out.clear();
             if out.capacity() > KEEP_BUFFER {
                 out = Vec::new();
+            }
+        }
+        if outbox.has_queued() {
+            // The client is not keeping up: read nothing more from it until it has.
+            tokio::select! {
+                flushed = outbox.flush() => if flushed.is_err() { break "write error" },
+                _ = shutdown.cancelled() => break "server shutting down",
             }
         }
         if let Some(reason) = closing {

@@ -10,6 +10,8 @@
 //!   graceful shutdown; owns the [`state::Shared`] state.
 //! - [`connection`]: one task per client: reads frames, runs commands, writes replies,
 //!   and releases everything the connection held when it ends.
+//! - [`outbox`]: a connection's sending side, shared so that whoever ends a wait writes
+//!   the grant onto the waiter's socket directly.
 //! - [`codec`]: the tokio framing over `pklock_proto::frame`.
 //! - [`cmd`]: one file per command, registered in `cmd/mod.rs`.
 //! - [`state`]: what connections share: the table, peers, counters, how waiters are
@@ -22,6 +24,7 @@ pub mod cmd;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod outbox;
 pub mod server;
 pub mod state;
 pub mod table;

@@ -7,21 +7,23 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use pklock_proto::frame::encode_into;
 use pklock_proto::{ErrorBody, ErrorReply, LegacyLockResult, LockResult, ResultReply};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::outbox::Outbox;
 use crate::table::{ConnId, LockTable, WaitEnd, Wakeup};
 
 /// How to answer a waiting lock request once its wait ends.
 #[derive(Debug)]
 pub struct Waiter {
-    /// The requesting connection's outbound queue.
-    pub tx: mpsc::UnboundedSender<Bytes>,
+    /// The requesting connection's sending side.
+    pub outbox: Arc<Outbox>,
     /// The request's id, echoed in the reply.
     pub id: Value,
     pub style: ReplyStyle,
@@ -102,11 +104,13 @@ impl Shared {
             .map_or_else(|| "gone".to_string(), ToString::to_string)
     }
 
-    /// Sends each woken waiter its reply. A waiter whose connection has gone is skipped:
-    /// its connection's own cleanup releases whatever it was just granted.
+    /// Sends each woken waiter its reply, straight onto its socket. A waiter whose
+    /// connection has gone loses nothing: that connection's cleanup releases whatever it
+    /// was just granted.
     pub fn deliver(&self, woken: Vec<Wakeup<Waiter>>) {
+        let mut frame = Vec::new();
         for Wakeup { waiter, end } in woken {
-            let mut frame = Vec::new();
+            frame.clear();
             match (waiter.style, end) {
                 (ReplyStyle::Native, WaitEnd::Granted { token }) => {
                     encode_result(&mut frame, &waiter.id, &LockResult { granted: true, token: Some(token) })
@@ -121,7 +125,7 @@ impl Shared {
                 // listening for it before they withdraw it.
                 (ReplyStyle::PkLockServer, WaitEnd::TimedOut | WaitEnd::Cancelled) => continue,
             }
-            let _ = waiter.tx.send(Bytes::from(frame));
+            waiter.outbox.send_from_other(&frame);
         }
     }
 }

@@ -215,3 +215,29 @@ fn listens_on_several_addresses_including_ipv6() {
     let mut v6 = Client::connect(v6_addr);
     assert_eq!(v6.call("lock", json!({"keys": "shared-table", "wait": 0})), json!({"granted": false}), "one table behind both");
 }
+
+#[test]
+fn granting_to_a_waiter_that_never_reads_does_not_block_the_releaser() {
+    let server = TestServer::start();
+    let mut holder = server.client();
+    holder.lock("k", 0);
+    let mut stuck = server.client();
+    stuck.send("lock", json!({"keys": "k", "owner": 1}));
+    // Then it floods without reading, until its socket buffers are full both ways.
+    let mut frames = Vec::new();
+    for i in 0..200_000u32 {
+        pklock_proto::frame::encode_into(&mut frames, &json!({"id": i, "command": "ping"})).unwrap();
+    }
+    let mut writer = stuck.stream.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(&frames);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The grant to `stuck` cannot be written now; the releaser must not wait for it.
+    assert_eq!(holder.call("unlock", json!({"keys": "k"}))["released"], json!(["k"]));
+    assert_eq!(holder.call("lock", json!({"keys": "k", "wait": 0})), json!({"granted": false}), "stuck holds it now");
+    stuck.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    flood.join().unwrap();
+    assert_eq!(holder.call("lock", json!({"keys": "k", "wait": 5}))["granted"], json!(true), "released when stuck went away");
+}

@@ -30,10 +30,10 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let acquired = ctx.shared.table().lock(
         request,
         Instant::now(),
-        || Waiter { tx: ctx.tx.clone(), id: ctx.id.clone(), style },
+        || Waiter { outbox: ctx.outbox.clone(), id: ctx.id.clone(), style },
         &mut woken,
     );
-    ctx.deliver(woken);
+    ctx.shared.deliver(woken);
     match (acquired?, style) {
         (Acquired::Granted { token }, ReplyStyle::Native) => ctx.reply(&LockResult { granted: true, token: Some(token) }),
         (Acquired::Granted { .. }, ReplyStyle::PkLockServer) => ctx.reply(&LegacyLockResult { status: "ok".into() }),

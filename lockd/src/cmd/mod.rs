@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use pklock_proto::{ErrorBody, ErrorCode, RequestIn};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
-use crate::state::{encode_error, encode_result, Shared, Waiter};
-use crate::table::{ConnId, TableError, Wakeup};
+use crate::outbox::Outbox;
+use crate::state::{encode_error, encode_result, Shared};
+use crate::table::{ConnId, TableError};
 
 mod check;
 mod hello;
@@ -27,24 +26,16 @@ mod unlock;
 pub struct Ctx<'a> {
     pub shared: &'a Arc<Shared>,
     pub conn: ConnId,
-    /// This connection's outbound queue, for replies that come later (waits).
-    pub tx: &'a mpsc::UnboundedSender<Bytes>,
+    /// This connection's sending side, for replies that come later (waits).
+    pub outbox: &'a Arc<Outbox>,
     /// Replies written now; the connection flushes them.
     pub out: &'a mut Vec<u8>,
     /// Whether this connection has sent the auth key (always true without one).
     pub authed: &'a mut bool,
     pub id: &'a Value,
-    /// Whether this request ended somebody's wait.
-    pub woke_waiters: bool,
 }
 
 impl Ctx<'_> {
-    /// Answers the waiters whose wait this request ended.
-    pub fn deliver(&mut self, woken: Vec<Wakeup<Waiter>>) {
-        self.woke_waiters |= !woken.is_empty();
-        self.shared.deliver(woken);
-    }
-
     /// Writes the successful reply to this request.
     pub fn reply<R: Serialize>(&mut self, result: &R) {
         encode_result(self.out, self.id, result);
@@ -53,29 +44,19 @@ impl Ctx<'_> {
 
 pub type CmdResult = Result<(), ErrorBody>;
 
-/// Runs one request frame, writing its reply (unless it waits) into `out`. Returns
-/// whether it ended other requests' waits (their replies are already queued).
-pub fn handle_frame(
-    shared: &Arc<Shared>,
-    conn: ConnId,
-    tx: &mpsc::UnboundedSender<Bytes>,
-    authed: &mut bool,
-    out: &mut Vec<u8>,
-    payload: &[u8],
-) -> bool {
+/// Runs one request frame, writing its reply (unless it waits) into `out`.
+pub fn handle_frame(shared: &Arc<Shared>, conn: ConnId, outbox: &Arc<Outbox>, authed: &mut bool, out: &mut Vec<u8>, payload: &[u8]) {
     let req: RequestIn<'_> = match serde_json::from_slice(payload) {
         Ok(req) => req,
         Err(e) => {
             let err = ErrorBody::new(ErrorCode::BadRequest, format!("frame is not a JSON request object: {e}"));
-            encode_error(out, &Value::Null, &err);
-            return false;
+            return encode_error(out, &Value::Null, &err);
         }
     };
-    let mut ctx = Ctx { shared, conn, tx, out, authed, id: &req.id, woke_waiters: false };
+    let mut ctx = Ctx { shared, conn, outbox, out, authed, id: &req.id };
     if let Err(err) = dispatch(&mut ctx, &req) {
         encode_error(ctx.out, ctx.id, &err);
     }
-    ctx.woke_waiters
 }
 
 fn dispatch(ctx: &mut Ctx<'_>, req: &RequestIn<'_>) -> CmdResult {

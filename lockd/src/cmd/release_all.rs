@@ -18,7 +18,7 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
             None => table.release_connection(ctx.conn, false, Instant::now(), &mut woken),
         }
     };
-    ctx.deliver(woken);
+    ctx.shared.deliver(woken);
     ctx.reply(&ReleaseAllResult { released, cancelled });
     Ok(())
 }

@@ -35,6 +35,6 @@ pub fn run_pklockserver(ctx: &mut Ctx<'_>, lock_name: Option<&Value>) -> CmdResu
 fn unlock(ctx: &mut Ctx<'_>, handle: u64, keys: &[String]) -> Unlocked {
     let mut woken = Vec::new();
     let done = ctx.shared.table().unlock(Owner { conn: ctx.conn, handle }, keys, Instant::now(), &mut woken);
-    ctx.deliver(woken);
+    ctx.shared.deliver(woken);
     done
 }
