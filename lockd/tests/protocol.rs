@@ -237,7 +237,9 @@ fn granting_to_a_waiter_that_never_reads_does_not_block_the_releaser() {
     // The grant to `stuck` cannot be written now; the releaser must not wait for it.
     assert_eq!(holder.call("unlock", json!({"keys": "k"}))["released"], json!(["k"]));
     assert_eq!(holder.call("lock", json!({"keys": "k", "wait": 0})), json!({"granted": false}), "stuck holds it now");
+    // Its process dies: the socket is closed with unread data (the kernel resets it).
     stuck.stream.shutdown(std::net::Shutdown::Both).unwrap();
     flood.join().unwrap();
+    drop(stuck);
     assert_eq!(holder.call("lock", json!({"keys": "k", "wait": 5}))["granted"], json!(true), "released when stuck went away");
 }
