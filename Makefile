@@ -38,7 +38,9 @@ lockd:
 ext:
 	$(CARGO) build $(CARGO_FLAGS) -p pklock
 	@mkdir -p modules
-	cp $(TARGET_DIR)/$(PROFILE)/libpklock.so $(EXT)
+	@# install replaces the file instead of rewriting it in place: a PHP process that has the
+	@# old one mapped (php -S, FPM) must not see its code change under it.
+	install -m 0755 $(TARGET_DIR)/$(PROFILE)/libpklock.so $(EXT)
 
 demo: deps build
 	bin/demo

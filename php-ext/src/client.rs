@@ -1,0 +1,240 @@
+//! `PkLockClient`, the PHP class: argument checking and conversion at the PHP boundary; the
+//! work is done by the process-wide session for the object's server address.
+//!
+//! Each object is its own lock owner (its own owner handle on the shared connection), so
+//! two objects in one process conflict exactly as two processes do.
+
+use std::time::Duration;
+
+use ext_php_rs::prelude::*;
+use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
+use pklock_proto::Mode;
+
+use crate::connection::Timeouts;
+use crate::error::{quote_keys, ClientError};
+use crate::ini;
+use crate::json::{self, php_type_name, Path};
+use crate::session::{self, new_owner, OwnerId, Target};
+
+/// Longest wait accepted, in seconds (about 31 years: "as long as it takes" is `null`).
+const MAX_WAIT: f64 = 1e9;
+
+/// A client of lockd. Constructing needs no server; the first call connects (one socket per
+/// process and server address, shared by all objects, kept across requests).
+#[php_class]
+pub struct PkLockClient {
+    target: Target,
+    /// `host:port`: which session this object uses.
+    addr: String,
+    owner: OwnerId,
+}
+
+#[php_impl]
+impl PkLockClient {
+    /// `$host` and `$port` default to the `pklock.default_host` / `pklock.default_port` INI
+    /// settings. `$options`: `connect_timeout` and `io_timeout` (seconds, defaults from INI),
+    /// `auth_key` (string).
+    pub fn __construct(host: Option<String>, port: Option<i64>, options: Option<&ZendHashTable>) -> PhpResult<Self> {
+        let host = host.unwrap_or_else(ini::default_host);
+        if host.is_empty() {
+            return Err(argument_error("__construct", 1, "host", "must not be empty").into());
+        }
+        let port = port.unwrap_or_else(ini::default_port);
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| argument_error("__construct", 2, "port", "must be between 1 and 65535"))?;
+        let mut target = Target {
+            host,
+            port,
+            timeouts: Timeouts { connect: ini::connect_timeout(), io: ini::io_timeout() },
+            auth_key: None,
+        };
+        if let Some(options) = options {
+            apply_options(&mut target, options)?;
+        }
+        Ok(PkLockClient { addr: target.addr(), target, owner: new_owner() })
+    }
+
+    /// Takes the lock on `$keys` (all of them or none). True when granted, false when `$wait`
+    /// seconds ran out (0 tries once; null waits as long as it takes).
+    #[php(defaults(wait = 30.0, shared = false))]
+    pub fn lock(&self, keys: &Zval, wait: Option<f64>, shared: bool) -> PhpResult<bool> {
+        let keys = keys_argument("lock", keys)?;
+        let wait = wait_argument("lock", 2, wait)?;
+        Ok(self.take(keys, wait, shared)?.is_some())
+    }
+
+    /// Releases those of `$keys` this object holds. True when it held every one of them.
+    /// Does not wait for the server's reply: a problem shows up on the next call.
+    pub fn unlock(&self, keys: &Zval) -> PhpResult<bool> {
+        let keys = keys_argument("unlock", keys)?;
+        Ok(self.session(|session, owner| session.unlock(owner, keys))?)
+    }
+
+    /// Releases every lock this object holds.
+    pub fn unlock_all(&self) -> PhpResult<()> {
+        Ok(self.session(|session, owner| session.unlock_all(owner))?)
+    }
+
+    /// The fencing token of the lock this object holds on `$key`, or null.
+    pub fn token(&self, key: &str) -> Option<i64> {
+        self.session(|session, owner| session.token(owner, key))
+            .map(|token| i64::try_from(token).expect("lockd's tokens stay below PHP_INT_MAX"))
+    }
+
+    /// Locks `$keys`, runs `$fn`, always unlocks, and returns what `$fn` returned. Throws
+    /// PkLockTimeoutException when `$wait` runs out.
+    #[php(defaults(wait = 30.0, shared = false))]
+    pub fn synchronized(&self, keys: &Zval, r#fn: ZendCallable, wait: Option<f64>, shared: bool) -> PhpResult<Zval> {
+        let keys = keys_argument("synchronized", keys)?;
+        let wait = wait_argument("synchronized", 3, wait)?;
+        if self.take(keys.clone(), wait, shared)?.is_none() {
+            let wait = wait.expect("only a bounded wait runs out");
+            return Err(ClientError::WaitRanOut { keys: quote_keys(&keys), wait }.into());
+        }
+        let outcome = r#fn.try_call(vec![]);
+        let unlocked = self.session(|session, owner| session.unlock(owner, keys));
+        match outcome {
+            // The exception `$fn` threw is pending and propagates; nothing else is thrown.
+            Err(_) => Err(ClientError::PhpExceptionPending.into()),
+            Ok(value) => {
+                unlocked?;
+                Ok(value)
+            }
+        }
+    }
+
+    /// Sends any lockd command and returns its result, PHP values mapped to JSON and back.
+    /// `$timeout` (seconds) defaults to the `io_timeout` option.
+    pub fn rpc(&self, command: &str, parameters: Option<&ZendHashTable>, timeout: Option<f64>) -> PhpResult<Zval> {
+        if command.is_empty() {
+            return Err(argument_error("rpc", 1, "command", "must not be empty").into());
+        }
+        let parameters = match parameters {
+            Some(parameters) => json::to_json_object(parameters, &Path::argument("parameters"))?,
+            None => serde_json::Value::Object(Default::default()),
+        };
+        let timeout = match timeout {
+            None => self.target.timeouts.io,
+            Some(seconds) => positive_seconds(seconds)
+                .ok_or_else(|| argument_error("rpc", 3, "timeout", "must be a number of seconds above 0"))?,
+        };
+        let reply = self.session(|session, owner| session.rpc(owner, &self.target, command, &parameters, timeout))?;
+        json::reply_result_to_php(&reply)
+            .map_err(|e| ClientError::UndecodableResult { addr: self.addr.clone(), detail: e.to_string() }.into())
+    }
+
+    /// Whether this process has a live connection to this object's server (never connects).
+    pub fn is_connected(&self) -> bool {
+        self.session(|session, _| session.is_connected())
+    }
+
+    /// Releases this object's locks and closes the process's connection to the server unless
+    /// other objects hold locks through it. The object stays usable (it reconnects).
+    pub fn close(&self) {
+        self.session(|session, owner| session.close(owner));
+    }
+}
+
+impl PkLockClient {
+    /// Runs `f` on this object's session. `f` must not create PHP values or call PHP code: a
+    /// bailout (fatal error) inside would leave the process state borrowed for good.
+    fn session<R>(&self, f: impl FnOnce(&mut session::Session, OwnerId) -> R) -> R {
+        session::with_session(&self.addr, |session| f(session, self.owner))
+    }
+
+    fn take(&self, keys: Vec<String>, wait: Option<f64>, shared: bool) -> Result<Option<u64>, ClientError> {
+        let mode = if shared { Mode::Shared } else { Mode::Exclusive };
+        self.session(|session, owner| session.lock(owner, &self.target, keys, mode, wait))
+    }
+}
+
+impl Drop for PkLockClient {
+    /// Releases what the object still holds. In a forked child the session forgets the
+    /// parent's state first, so an inherited object releases nothing of the parent's.
+    fn drop(&mut self) {
+        session::with_existing_session(&self.addr, |session| session.forget_owner(self.owner));
+    }
+}
+
+/// `PkLockClient::lock(): Argument #1 ($keys) must ...`, as PHP words its own.
+fn argument_message(method: &str, position: usize, name: &str, problem: &str) -> String {
+    format!("PkLockClient::{method}(): Argument #{position} (${name}) {problem}")
+}
+
+fn argument_error(method: &str, position: usize, name: &str, problem: &str) -> ClientError {
+    ClientError::value_error(argument_message(method, position, name, problem))
+}
+
+/// `$keys`: a non-empty string, or a non-empty array of them. (The length limit is the
+/// server's: a key too long is its `bad_key` error.)
+fn keys_argument(method: &str, keys: &Zval) -> Result<Vec<String>, ClientError> {
+    let keys = keys.dereference();
+    if let Some(array) = keys.array() {
+        if array.is_empty() {
+            return Err(argument_error(method, 1, "keys", "must not be an empty array"));
+        }
+        array.values().enumerate().map(|(index, key)| one_key(method, key.dereference(), Some(index))).collect()
+    } else if keys.is_string() {
+        one_key(method, keys, None).map(|key| vec![key])
+    } else {
+        let problem = format!("must be of type string|array, {} given", php_type_name(keys));
+        Err(ClientError::type_error(argument_message(method, 1, "keys", &problem)))
+    }
+}
+
+/// One key of `$keys` (`index`: its place in an array, for messages).
+fn one_key(method: &str, key: &Zval, index: Option<usize>) -> Result<String, ClientError> {
+    let text = key.str();
+    if let Some(key) = text.filter(|key| !key.is_empty()) {
+        return Ok(key.to_owned());
+    }
+    let place = index.map(|index| format!(" at index {index}")).unwrap_or_default();
+    match text {
+        Some(_) => Err(argument_error(method, 1, "keys", &format!("must not contain an empty key{place}"))),
+        None if key.is_string() => Err(argument_error(method, 1, "keys", &format!("must be valid UTF-8{place}"))),
+        None => {
+            let problem = format!("must contain only strings, {} given{place}", php_type_name(key));
+            Err(ClientError::type_error(argument_message(method, 1, "keys", &problem)))
+        }
+    }
+}
+
+fn wait_argument(method: &str, position: usize, wait: Option<f64>) -> Result<Option<f64>, ClientError> {
+    match wait {
+        Some(seconds) if !(0.0..=MAX_WAIT).contains(&seconds) => Err(argument_error(
+            method,
+            position,
+            "wait",
+            "must be a number of seconds from 0 to 1e9, or null to wait as long as it takes",
+        )),
+        wait => Ok(wait),
+    }
+}
+
+fn positive_seconds(seconds: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(seconds).ok().filter(|d| !d.is_zero())
+}
+
+fn apply_options(target: &mut Target, options: &ZendHashTable) -> Result<(), ClientError> {
+    let option_error =
+        |name: &str, problem: &str| argument_error("__construct", 3, "options", &format!("['{name}'] {problem}"));
+    for (name, value) in options.iter() {
+        let name = name.to_string();
+        let value = value.dereference();
+        let number = value.double().or_else(|| value.long().map(|int| int as f64));
+        let seconds = || {
+            number.and_then(positive_seconds).ok_or_else(|| option_error(&name, "must be a number of seconds above 0"))
+        };
+        match name.as_str() {
+            "connect_timeout" => target.timeouts.connect = seconds()?,
+            "io_timeout" => target.timeouts.io = seconds()?,
+            "auth_key" => {
+                target.auth_key = Some(value.str().ok_or_else(|| option_error(&name, "must be a string"))?.to_owned());
+            }
+            _ => return Err(option_error(&name, "is not an option (known: connect_timeout, io_timeout, auth_key)")),
+        }
+    }
+    Ok(())
+}

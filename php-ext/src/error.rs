@@ -1,0 +1,158 @@
+//! Typed errors of the client, free of PHP types, and how each one becomes a PHP exception.
+//!
+//! The Rust code below `client.rs` returns [`ClientError`]; only the PHP boundary turns it
+//! into a `PhpException` of a specific class, so that every failure a PHP caller can see
+//! has a class of its own (see `exceptions.rs`).
+
+use std::fmt;
+use std::io;
+
+use ext_php_rs::exception::PhpException;
+use ext_php_rs::zend::ce;
+use pklock_proto::{ErrorBody, ErrorCode};
+
+use crate::exceptions;
+
+/// What a lost connection took with it, as far as the caller is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Released {
+    /// No owner in this process held a lock through the connection.
+    Nothing,
+    /// Other `PkLockClient` objects of this process held locks; the caller held none.
+    OthersLocks,
+    /// The caller held these keys (and the server released them).
+    CallersLocks(Vec<String>),
+}
+
+/// Whether a bad argument is of the wrong type or of the right type with a wrong value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgumentProblem {
+    Type,
+    Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to lockd at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+
+    #[error("connection to lockd at {addr} lost ({reason}){}", describe_released(.released))]
+    ConnectionLost { addr: String, reason: String, released: Released },
+
+    /// The server answered a request (named in `request`) with an error.
+    #[error("{request} failed: {} ({})", .body.message, .body.code.as_str())]
+    Server { request: String, body: ErrorBody },
+
+    /// The server says a lock this client tracked as held was not held.
+    #[error("{request}: lockd says {keys:?} were not held, although this client had them; the locks were lost")]
+    NotHeld { request: String, keys: Vec<String> },
+
+    #[error("lockd at {addr} sent a result that cannot be decoded: {detail}")]
+    UndecodableResult { addr: String, detail: String },
+
+    #[error("could not lock {keys} within {wait} s")]
+    WaitRanOut { keys: String, wait: f64 },
+
+    #[error("{message}")]
+    Argument { problem: ArgumentProblem, message: String },
+
+    /// A PHP exception is already pending (thrown by user code we called); it propagates.
+    #[error("a PHP exception is pending")]
+    PhpExceptionPending,
+}
+
+fn describe_released(released: &Released) -> String {
+    match released {
+        Released::Nothing => String::new(),
+        Released::OthersLocks => "; the server released the locks this process held through it".into(),
+        Released::CallersLocks(keys) => format!(
+            "; the server released the locks this process held through it, including this client's {}",
+            quote_keys(keys)
+        ),
+    }
+}
+
+/// `'a'` or `['a', 'b']`, for messages.
+pub fn quote_keys(keys: &[String]) -> String {
+    match keys {
+        [one] => format!("'{one}'"),
+        many => format!("[{}]", many.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+impl ClientError {
+    pub fn type_error(message: impl fmt::Display) -> Self {
+        ClientError::Argument { problem: ArgumentProblem::Type, message: message.to_string() }
+    }
+
+    pub fn value_error(message: impl fmt::Display) -> Self {
+        ClientError::Argument { problem: ArgumentProblem::Value, message: message.to_string() }
+    }
+}
+
+impl From<ClientError> for PhpException {
+    fn from(err: ClientError) -> Self {
+        use exceptions::*;
+        let message = err.to_string();
+        match err {
+            ClientError::Connect { .. } | ClientError::UndecodableResult { .. } => PhpException::from_class::<PkLockConnectionException>(message),
+            ClientError::ConnectionLost { released: Released::CallersLocks(_), .. } | ClientError::NotHeld { .. } => {
+                PhpException::from_class::<PkLockLostException>(message)
+            }
+            ClientError::ConnectionLost { .. } => PhpException::from_class::<PkLockConnectionException>(message),
+            ClientError::Server { body, .. } => server_exception(body.code, message),
+            ClientError::WaitRanOut { .. } => PhpException::from_class::<PkLockTimeoutException>(message),
+            ClientError::Argument { problem: ArgumentProblem::Type, .. } => {
+                PhpException::new(message, 0, ce::type_error())
+            }
+            ClientError::Argument { problem: ArgumentProblem::Value, .. } => {
+                PhpException::new(message, 0, ce::value_error())
+            }
+            // Throwing does nothing while an exception is pending, so the user's one wins.
+            ClientError::PhpExceptionPending => PhpException::from_class::<PkLockException>(message),
+        }
+    }
+}
+
+fn server_exception(code: ErrorCode, message: String) -> PhpException {
+    use exceptions::*;
+    match code {
+        ErrorCode::BadRequest => PhpException::from_class::<PkLockBadRequestException>(message),
+        ErrorCode::UnknownCommand => PhpException::from_class::<PkLockUnknownCommandException>(message),
+        ErrorCode::FrameTooLarge => PhpException::from_class::<PkLockFrameTooLargeException>(message),
+        ErrorCode::AuthRequired | ErrorCode::AuthFailed => PhpException::from_class::<PkLockAuthException>(message),
+        ErrorCode::Deadlock => PhpException::from_class::<PkLockDeadlockException>(message),
+        ErrorCode::TooManyLocks => PhpException::from_class::<PkLockTooManyLocksException>(message),
+        ErrorCode::TooManyWaiters => PhpException::from_class::<PkLockTooManyWaitersException>(message),
+        ErrorCode::TooManyKeys => PhpException::from_class::<PkLockTooManyKeysException>(message),
+        ErrorCode::BadKey => PhpException::from_class::<PkLockBadKeyException>(message),
+        ErrorCode::OwnerBusy => PhpException::from_class::<PkLockOwnerBusyException>(message),
+        ErrorCode::TooManyClients => PhpException::from_class::<PkLockTooManyClientsException>(message),
+        ErrorCode::ShuttingDown => PhpException::from_class::<PkLockShuttingDownException>(message),
+        ErrorCode::Unknown => PhpException::from_class::<PkLockServerException>(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connection_message_says_what_the_server_released() {
+        let lost = |released| ClientError::ConnectionLost { addr: "h:1".into(), reason: "reset".into(), released };
+        assert_eq!(lost(Released::Nothing).to_string(), "connection to lockd at h:1 lost (reset)");
+        assert!(lost(Released::OthersLocks).to_string().ends_with("released the locks this process held through it"));
+        assert!(lost(Released::CallersLocks(vec!["a".into(), "b".into()]))
+            .to_string()
+            .ends_with("including this client's ['a', 'b']"));
+    }
+
+    #[test]
+    fn server_errors_name_the_request_and_the_code() {
+        let err = ClientError::Server {
+            request: "lock('a')".into(),
+            body: ErrorBody::new(ErrorCode::TooManyLocks, "limit of 10 locks reached"),
+        };
+        assert_eq!(err.to_string(), "lock('a') failed: limit of 10 locks reached (too_many_locks)");
+    }
+}

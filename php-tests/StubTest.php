@@ -1,0 +1,75 @@
+<?php
+
+// Keeps php-ext/pklock.stub.php honest: the classes, parents, methods and parameter lists it
+// declares are those of the loaded extension (compared through Reflection, the stub being
+// loaded in a PHP process without the extension). The exception classes' constructors are
+// left out: ext-php-rs 0.16 gives every Rust class a constructor of its own, which for these
+// only says they cannot be instantiated from PHP (the stub leaves Exception's in view).
+
+declare(strict_types=1);
+
+namespace PkLock\Tests;
+
+use PHPUnit\Framework\TestCase;
+use ReflectionClass;
+
+final class StubTest extends TestCase
+{
+    private const STUB = __DIR__ . '/../php-ext/pklock.stub.php';
+
+    public function testStubDeclaresWhatTheExtensionDefines(): void
+    {
+        $describe = self::describer();
+        $classes = (new \ReflectionExtension('pklock'))->getClassNames();
+        $real = $describe($classes);
+
+        $command = [PHP_BINARY, '-n', '-r', sprintf(
+            'require %s; $describe = %s; echo json_encode($describe(%s));',
+            var_export(realpath(self::STUB), true),
+            self::DESCRIBER_SOURCE,
+            var_export($classes, true)
+        )];
+        $process = proc_open($command, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        $output = stream_get_contents($pipes[1]);
+        $errors = stream_get_contents($pipes[2]);
+        proc_close($process);
+
+        $this->assertSame($real, json_decode($output, true), "stub differs from the extension\n{$errors}");
+    }
+
+    private const DESCRIBER_SOURCE = <<<'PHP'
+        function (array $classes): array {
+            $described = [];
+            foreach ($classes as $class) {
+                $reflection = new ReflectionClass($class);
+                $methods = [];
+                foreach ($reflection->getMethods() as $method) {
+                    $exceptionConstructor = $method->isConstructor() && $reflection->isSubclassOf(Throwable::class);
+                    if ($method->getDeclaringClass()->getName() !== $class || $exceptionConstructor) {
+                        continue;
+                    }
+                    $methods[$method->getName()] = [
+                        'return' => (string) $method->getReturnType(),
+                        'parameters' => array_map(
+                            fn (ReflectionParameter $p): string => trim(sprintf(
+                                '%s $%s%s',
+                                $p->getType(),
+                                $p->getName(),
+                                $p->isOptional() ? ' = ' . var_export($p->getDefaultValue(), true) : ''
+                            )),
+                            $method->getParameters()
+                        ),
+                    ];
+                }
+                ksort($methods);
+                $described[$class] = ['parent' => get_parent_class($class), 'methods' => $methods];
+            }
+            return $described;
+        }
+        PHP;
+
+    private static function describer(): callable
+    {
+        return eval('return ' . self::DESCRIBER_SOURCE . ';');
+    }
+}
