@@ -221,6 +221,23 @@ final class LockTest extends PkLockTestCase
         $this->assertNull($client->token($key), 'the held one is released all the same');
     }
 
+    public function testAProblemWithOneObjectsUnlockIsReportedToThatObjectOnly(): void
+    {
+        $key = $this->key();
+        $a = $this->client();
+        $b = $this->client();
+        $this->assertTrue($a->lock($key));
+        // Someone takes a's lock away behind its back (a raw rpc naming a's owner handle).
+        $listing = $b->rpc('locks', ['prefix' => $key]);
+        $owner = $listing['keys'][0]['holders'][0]['owner'];
+        $b->rpc('unlock', ['keys' => $key, 'owner' => $owner]);
+        $a->unlock($key); // pipelined: the server will answer "not held"
+
+        $this->assertTrue($b->lock($this->key('other')), 'b is not told about a\'s problem');
+        $this->expectException(\PkLockLostException::class);
+        $a->lock($this->key('again'));
+    }
+
     public function testConstructingNeedsNoServerAndCloseDisconnects(): void
     {
         $nowhere = new PkLockClient('127.0.0.1', 1);

@@ -4,8 +4,9 @@
 //! Requests are either *waited for* (`send` + `wait_reply`) or *pipelined*
 //! (`send_pipelined`): the caller goes on without the reply, which is read and checked
 //! whenever the connection next reads (at the start of the next call, or while it waits for
-//! its own reply). A problem found in a pipelined reply is kept and handed out by
-//! `take_deferred`, so it surfaces on the next call without costing a round trip.
+//! its own reply). A problem found in a pipelined reply is kept for the owner that sent
+//! the request and handed out by `take_deferred` on that owner's next call, so it
+//! surfaces without costing a round trip, and never on another object's call.
 //!
 //! No PHP types here, so the logic is tested against a scripted server in plain Rust.
 
@@ -77,6 +78,8 @@ pub enum PipelinedCheck {
 #[derive(Debug)]
 struct Pipelined {
     id: u64,
+    /// The owner handle whose call sent it: only that owner is told of its problems.
+    owner: u64,
     check: PipelinedCheck,
     /// False once the request that sent it has ended: its problems concern nobody now.
     report: bool,
@@ -96,7 +99,8 @@ pub struct Connection {
     /// What SO_RCVTIMEO is set to now (`None`: block indefinitely).
     read_timeout: Option<Duration>,
     pipelined: VecDeque<Pipelined>,
-    deferred: Option<ClientError>,
+    /// The first problem found in each owner's pipelined replies, not reported yet.
+    deferred: Vec<(u64, ClientError)>,
 }
 
 impl Connection {
@@ -121,7 +125,7 @@ impl Connection {
             last_payload: Vec::with_capacity(256),
             read_timeout: None,
             pipelined: VecDeque::new(),
-            deferred: None,
+            deferred: Vec::new(),
         };
         let lost = |e: ConnError| ClientError::ConnectionLost {
             addr: addr.to_owned(),
@@ -168,12 +172,13 @@ impl Connection {
     /// turns the parameters, once sent, into what to check.
     pub fn send_pipelined<P: Serialize>(
         &mut self,
+        owner: u64,
         command: &str,
         parameters: P,
         check: impl FnOnce(P) -> PipelinedCheck,
     ) -> Result<(), ConnError> {
         let id = self.send(command, &parameters)?;
-        self.pipelined.push_back(Pipelined { id, check: check(parameters), report: true });
+        self.pipelined.push_back(Pipelined { id, owner, check: check(parameters), report: true });
         Ok(())
     }
 
@@ -229,15 +234,16 @@ impl Connection {
         Ok(())
     }
 
-    /// The first problem found in a pipelined reply since the last call, if any.
-    pub fn take_deferred(&mut self) -> Option<ClientError> {
-        self.deferred.take()
+    /// The first problem found in `owner`'s pipelined replies since its last call, if any.
+    pub fn take_deferred(&mut self, owner: u64) -> Option<ClientError> {
+        let index = self.deferred.iter().position(|(o, _)| *o == owner)?;
+        Some(self.deferred.swap_remove(index).1)
     }
 
     /// Stops reporting problems of the pipelined requests sent so far (their request ended).
     pub fn silence_pipelined(&mut self) {
         self.pipelined.iter_mut().for_each(|p| p.report = false);
-        self.deferred = None;
+        self.deferred.clear();
     }
 
     fn send_out(&mut self) -> Result<(), ConnError> {
@@ -317,8 +323,10 @@ impl Connection {
             return Err(ConnError::Protocol(format!("reply to request {id}, which is not outstanding")));
         };
         let pipelined = self.pipelined.remove(index).expect("index from position()");
-        if pipelined.report && self.deferred.is_none() {
-            self.deferred = check_pipelined(pipelined.check, outcome);
+        if pipelined.report && !self.deferred.iter().any(|(o, _)| *o == pipelined.owner) {
+            if let Some(problem) = check_pipelined(pipelined.check, outcome) {
+                self.deferred.push((pipelined.owner, problem));
+            }
         }
         Ok(None)
     }
@@ -441,12 +449,12 @@ mod tests {
             ],
         ]);
         let mut conn = open(port);
-        conn.send_pipelined("unlock", json!({"keys": "a"}), |_| PipelinedCheck::Unlock(vec!["a".into()])).unwrap();
+        conn.send_pipelined(7, "unlock", json!({"keys": "a"}), |_| PipelinedCheck::Unlock(vec!["a".into()])).unwrap();
         assert_eq!(conn.pipelined_count(), 1);
         let id = conn.send("ping", &json!({})).unwrap();
         assert!(conn.wait_reply(id, None).unwrap().is_ok());
         assert_eq!(conn.pipelined_count(), 0);
-        match conn.take_deferred() {
+        match conn.take_deferred(7) {
             Some(ClientError::Server { request, body }) => {
                 assert_eq!(request, "unlock('a')");
                 assert_eq!(body.code, ErrorCode::BadKey);
@@ -463,10 +471,11 @@ mod tests {
             vec![json!({"id": 3, "result": {"pong": true}})],
         ]);
         let mut conn = open(port);
-        conn.send_pipelined("unlock", json!({"keys": "a"}), |_| PipelinedCheck::Unlock(vec!["a".into()])).unwrap();
+        conn.send_pipelined(7, "unlock", json!({"keys": "a"}), |_| PipelinedCheck::Unlock(vec!["a".into()])).unwrap();
         let id = conn.send("ping", &json!({})).unwrap();
         assert!(conn.wait_reply(id, None).unwrap().is_ok());
-        assert!(matches!(conn.take_deferred(), Some(ClientError::NotHeld { keys, .. }) if keys == ["a"]));
+        assert!(conn.take_deferred(8).is_none(), "another owner is not told");
+        assert!(matches!(conn.take_deferred(7), Some(ClientError::NotHeld { keys, .. }) if keys == ["a"]));
         server.join().unwrap();
         // The server has closed: the next poll finds out before anything is sent.
         assert!(matches!(conn.poll(), Err(ConnError::Closed)));
@@ -479,11 +488,11 @@ mod tests {
             vec![json!({"id": 3, "result": {"pong": true}})],
         ]);
         let mut conn = open(port);
-        conn.send_pipelined("release_all", json!({}), |_| PipelinedCheck::ReleaseAll).unwrap();
+        conn.send_pipelined(7, "release_all", json!({}), |_| PipelinedCheck::ReleaseAll).unwrap();
         conn.silence_pipelined();
         let id = conn.send("ping", &json!({})).unwrap();
         assert!(conn.wait_reply(id, None).unwrap().is_ok());
-        assert!(conn.take_deferred().is_none());
+        assert!(conn.take_deferred(7).is_none());
         server.join().unwrap();
     }
 

@@ -278,7 +278,8 @@ impl Session {
         if self.anybody_holds_locks() || self.raw_rpc_used {
             let everything = ReleaseAllParams { owner: None };
             if let Some(conn) = self.conn.as_mut() {
-                let sent = conn.send_pipelined("release_all", everything, |_| PipelinedCheck::ReleaseAll);
+                // Sent for the whole connection; silenced at once, so no owner hears of it.
+                let sent = conn.send_pipelined(0, "release_all", everything, |_| PipelinedCheck::ReleaseAll);
                 match sent {
                     Ok(()) => conn.silence_pipelined(),
                     Err(_) => self.conn = None,
@@ -327,7 +328,7 @@ impl Session {
             return Ok(());
         };
         match conn.poll() {
-            Ok(()) => conn.take_deferred().map_or(Ok(()), Err),
+            Ok(()) => conn.take_deferred(owner).map_or(Ok(()), Err),
             Err(e) => match self.connection_failed(Some(owner), e) {
                 // The caller held nothing through the dead connection: a new one is as good.
                 ClientError::ConnectionLost { released: Released::Nothing | Released::OthersLocks, .. } => Ok(()),
@@ -379,7 +380,7 @@ impl Session {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        conn.send_pipelined(command, parameters, check).map_err(|e| self.connection_failed(Some(owner), e))
+        conn.send_pipelined(owner, command, parameters, check).map_err(|e| self.connection_failed(Some(owner), e))
     }
 
     /// The connection is unusable: drop it (the server releases everything held through
