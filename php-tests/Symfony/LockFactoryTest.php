@@ -72,21 +72,23 @@ final class LockFactoryTest extends SymfonyTestCase
         $this->assertSame(0, $this->holdersOf($resource), "the key's connection-bound lock goes with the key");
     }
 
-    public function testBlockingAcquireWaitsForAForkedHolder(): void
+    /** A forked child holds `$resource` through a Lock until `$waiters` queue behind it. */
+    private function forkWriter(string $resource, int $waiters = 1): int
     {
-        $resource = $this->key();
-        $pid = $this->fork(function () use ($resource): void {
+        return $this->forkHolderUntilQueued($resource, function () use ($resource): callable {
             $lock = $this->factory()->createLock($resource);
             if (!$lock->acquire()) {
                 throw new \RuntimeException('the child could not lock');
             }
-            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === 1);
-            $lock->release();
-            if (!$queued) {
-                throw new \RuntimeException('the parent never queued');
-            }
-        });
-        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child holds the lock');
+
+            return fn () => $lock->release();
+        }, $waiters);
+    }
+
+    public function testBlockingAcquireWaitsForAForkedHolder(): void
+    {
+        $resource = $this->key();
+        $pid = $this->forkWriter($resource);
 
         $lock = $this->factory()->createLock($resource);
         $this->assertFalse($lock->acquire());
@@ -125,18 +127,7 @@ final class LockFactoryTest extends SymfonyTestCase
     public function testBlockingReadLockWaitsForAForkedWriter(): void
     {
         $resource = $this->key();
-        $pid = $this->fork(function () use ($resource): void {
-            $lock = $this->factory()->createLock($resource);
-            if (!$lock->acquire()) {
-                throw new \RuntimeException('the child could not lock');
-            }
-            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === 2);
-            $lock->release();
-            if (!$queued) {
-                throw new \RuntimeException('the readers never queued');
-            }
-        });
-        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child writes');
+        $pid = $this->forkWriter($resource, waiters: 2);
 
         // Two readers queued behind the writer are let in together when it leaves; the
         // first waits in a forked helper so that this process can wait as the second.

@@ -292,21 +292,22 @@ final class PkLockStoreTest extends SymfonyTestCase
 
     // --- waiting across processes -----------------------------------------------------
 
+    /** A forked child holds `$resource` through the store until the parent queues behind it. */
+    private function forkStoreHolder(string $resource, bool $read = false): int
+    {
+        return $this->forkHolderUntilQueued($resource, function () use ($resource, $read): callable {
+            $store = $this->store();
+            $key = new Key($resource);
+            $read ? $store->saveRead($key) : $store->save($key);
+
+            return fn () => $store->delete($key);
+        });
+    }
+
     public function testWaitAndSaveWaitsForAForkedHolder(): void
     {
         $resource = $this->key();
-        $pid = $this->fork(function () use ($resource): void {
-            $store = $this->store();
-            $key = new Key($resource);
-            $store->save($key);
-            // Hold until the parent is queued behind us (bounded), then release.
-            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === 1);
-            $store->delete($key);
-            if (!$queued) {
-                throw new \RuntimeException('the parent never queued');
-            }
-        });
-        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child holds the lock');
+        $pid = $this->forkStoreHolder($resource);
 
         $store = $this->store();
         $key = new Key($resource);
@@ -319,17 +320,7 @@ final class PkLockStoreTest extends SymfonyTestCase
     public function testWaitAndSaveReadWaitsForAForkedWriter(): void
     {
         $resource = $this->key();
-        $pid = $this->fork(function () use ($resource): void {
-            $store = $this->store();
-            $key = new Key($resource);
-            $store->save($key);
-            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === 1);
-            $store->delete($key);
-            if (!$queued) {
-                throw new \RuntimeException('the parent never queued');
-            }
-        });
-        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child holds the lock');
+        $pid = $this->forkStoreHolder($resource);
 
         $store = $this->store();
         $key = new Key($resource);
@@ -342,17 +333,7 @@ final class PkLockStoreTest extends SymfonyTestCase
     public function testBlockingPromotionWaitsForTheOtherReader(): void
     {
         $resource = $this->key();
-        $pid = $this->fork(function () use ($resource): void {
-            $store = $this->store();
-            $key = new Key($resource);
-            $store->saveRead($key);
-            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === 1);
-            $store->delete($key);
-            if (!$queued) {
-                throw new \RuntimeException('the parent never queued its promotion');
-            }
-        });
-        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child reads');
+        $pid = $this->forkStoreHolder($resource, read: true);
 
         $store = $this->store();
         $key = new Key($resource);

@@ -46,6 +46,27 @@ abstract class SymfonyTestCase extends PkLockTestCase
     }
 
     /**
+     * Forks a child that takes `$resource` with `$take` (which returns how to release it),
+     * keeps it until `$waiters` requests wait behind it on the server (bounded), then
+     * releases it. Returns the child's pid once the server shows it holding the lock; the
+     * child exits 1 if nobody queued.
+     */
+    protected function forkHolderUntilQueued(string $resource, callable $take, int $waiters = 1): int
+    {
+        $pid = $this->fork(function () use ($resource, $take, $waiters): void {
+            $release = $take();
+            $queued = self::serverShows($resource, fn (?array $info) => \count($info['waiters'] ?? []) === $waiters);
+            $release();
+            if (!$queued) {
+                throw new \RuntimeException("{$waiters} waiter(s) never queued behind the child");
+            }
+        });
+        $this->waitUntil(fn () => $this->holdersOf($resource) === 1, 'the child holds the lock');
+
+        return $pid;
+    }
+
+    /**
      * Runs `$code` in a pcntl_fork()ed child and returns its pid. The child leaves through
      * exec (no PHP shutdown, no destructors of the parent's objects) with status 0 when
      * `$code` returned without throwing, 1 otherwise.
