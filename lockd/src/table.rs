@@ -180,7 +180,9 @@ struct Holder {
     owner: Owner,
     mode: Mode,
     token: u64,
-    since: Instant,
+    /// Nanoseconds from the table's epoch to the grant (half the size of an `Instant`,
+    /// and there is one of these per held lock).
+    since: u64,
     /// A dead connection's lock, kept until the lock-delay runs out. It blocks everyone.
     lingering: bool,
 }
@@ -241,6 +243,8 @@ pub struct LockTable<W> {
     grants: u64,
     timeouts: u64,
     deadlocks: u64,
+    /// The first `now` the table was given; holders' grant times count from it.
+    epoch: Option<Instant>,
 }
 
 impl<W> LockTable<W> {
@@ -259,6 +263,7 @@ impl<W> LockTable<W> {
             grants: 0,
             timeouts: 0,
             deadlocks: 0,
+            epoch: None,
         }
     }
 
@@ -502,7 +507,13 @@ impl<W> LockTable<W> {
                     holders: state
                         .holders
                         .iter()
-                        .map(|h| HolderView { owner: h.owner, mode: h.mode, since: h.since, token: h.token, lingering: h.lingering })
+                        .map(|h| HolderView {
+                            owner: h.owner,
+                            mode: h.mode,
+                            since: self.epoch.expect("set by the first grant") + Duration::from_nanos(h.since),
+                            token: h.token,
+                            lingering: h.lingering,
+                        })
                         .collect(),
                     waiters: state
                         .waiters()
@@ -586,6 +597,8 @@ impl<W> LockTable<W> {
         self.last_token += 1;
         let token = self.last_token;
         self.grants += 1;
+        let epoch = *self.epoch.get_or_insert(now);
+        let since = u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
         let mut added = Vec::new();
         for key in keys {
             let state = self.keys.get_or_insert(key);
@@ -593,10 +606,10 @@ impl<W> LockTable<W> {
                 Some(h) => {
                     h.mode = mode;
                     h.token = token;
-                    h.since = now;
+                    h.since = since;
                 }
                 None => {
-                    state.holders.push(Holder { owner, mode, token, since: now, lingering: false });
+                    state.holders.push(Holder { owner, mode, token, since, lingering: false });
                     added.push(key.clone());
                 }
             }
