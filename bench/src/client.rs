@@ -141,8 +141,10 @@ impl LockdConn {
         Ok(())
     }
 
-    pub fn send_unlock(&mut self, key: &str) -> Result<()> {
-        self.queue("unlock", UnlockParams { keys: Keys(vec![key.to_owned()]), owner: 0 })?;
+    /// Sends an unlock; with `defer_reply` the server may hold its reply back until the
+    /// next one (only for a caller that will not wait for it, as `Locker::unlock`).
+    pub fn send_unlock(&mut self, key: &str, defer_reply: bool) -> Result<()> {
+        self.queue("unlock", UnlockParams { keys: Keys(vec![key.to_owned()]), owner: 0, defer_reply })?;
         self.flush()
     }
 
@@ -172,7 +174,7 @@ impl Locker for LockdConn {
 
     fn unlock(&mut self, key: &str) -> Result<()> {
         self.read_deferred_unlock()?;
-        self.send_unlock(key)?;
+        self.send_unlock(key, true)?;
         self.unlock_unread = true;
         Ok(())
     }

@@ -73,7 +73,7 @@ fn lockd_handoff(addr: std::net::SocketAddr, control: &mut LockdConn, samples: u
         await_waiters(control, 1)?;
         time_ping(&mut holder, ping)?;
         let began = Instant::now();
-        holder.send_unlock(key)?;
+        holder.send_unlock(key, false)?;
         waiter.recv_grant()?;
         out.push(began.elapsed());
         holder.recv_unlocked()?;

@@ -49,6 +49,8 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
 
     let why_closed = loop {
         let mut closing = None;
+        // Replies the client said it would not wait for stay in `out` until this is set.
+        let mut send_now = false;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "server shutting down",
@@ -61,10 +63,11 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
                 let mut next = Some(first);
                 while let Some(result) = next {
                     match result {
-                        Ok(payload) => handle_frame(&shared, conn, &outbox, &mut authed, &mut out, &payload),
+                        Ok(payload) => send_now |= handle_frame(&shared, conn, &outbox, &mut authed, &mut out, &payload),
                         Err(FrameError::TooLarge { len, max }) => {
                             let err = ErrorBody::new(ErrorCode::FrameTooLarge, format!("frame of {len} bytes is larger than this server's limit of {max} bytes; closing"));
                             encode_error(&mut out, &Value::Null, &err);
+                            send_now = true;
                             closing = Some("frame too large");
                             break;
                         }
@@ -83,7 +86,7 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
                 }
             }
         }
-        if !out.is_empty() {
+        if send_now && !out.is_empty() {
             outbox.send(&out);
             out.clear();
             if out.capacity() > KEEP_BUFFER {

@@ -243,3 +243,22 @@ fn granting_to_a_waiter_that_never_reads_does_not_block_the_releaser() {
     drop(stuck);
     assert_eq!(holder.call("lock", json!({"keys": "k", "wait": 5}))["granted"], json!(true), "released when stuck went away");
 }
+
+#[test]
+fn a_deferred_unlock_reply_goes_out_with_the_next_reply() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    c.lock("k", 0);
+    let unlock = c.send("unlock", json!({"keys": "k", "defer_reply": true}));
+    assert!(c.try_recv(Duration::from_millis(200)).is_none(), "held back: the client said it would not wait");
+    let ping = c.send("ping", json!({}));
+    assert_eq!(c.recv(), json!({"id": unlock, "result": {"released": ["k"], "not_held": []}}), "sent first, in order");
+    assert_eq!(c.recv()["id"], json!(ping));
+    // Without the flag an unlock is answered at once, and a deferred one never delays
+    // the release itself.
+    let mut other = server.client();
+    c.lock("k", 0);
+    c.send("unlock", json!({"keys": "k", "defer_reply": true}));
+    assert_eq!(other.call("lock", json!({"keys": "k", "wait": 5}))["granted"], json!(true));
+    assert_eq!(other.call("unlock", json!({"keys": "k"}))["released"], json!(["k"]));
+}

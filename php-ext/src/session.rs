@@ -189,7 +189,7 @@ impl Session {
             return Ok(false);
         }
         let all_held = releasing.len() == requested;
-        let params = UnlockParams { keys: Keys(releasing), owner };
+        let params = UnlockParams { keys: Keys(releasing), owner, defer_reply: true };
         self.send_pipelined(owner, "unlock", params, |params| PipelinedCheck::Unlock(params.keys.0))?;
         Ok(all_held)
     }
@@ -276,7 +276,7 @@ impl Session {
             conn.silence_pipelined();
         }
         if self.anybody_holds_locks() || self.raw_rpc_used {
-            let everything = ReleaseAllParams { owner: None };
+            let everything = ReleaseAllParams { owner: None, defer_reply: true };
             if let Some(conn) = self.conn.as_mut() {
                 // Sent for the whole connection; silenced at once, so no owner hears of it.
                 let sent = conn.send_pipelined(0, "release_all", everything, |_| PipelinedCheck::ReleaseAll);
@@ -299,7 +299,7 @@ impl Session {
         if self.held.remove(&owner).is_none_or(|keys| keys.is_empty()) {
             return Ok(());
         }
-        let params = ReleaseAllParams { owner: Some(owner) };
+        let params = ReleaseAllParams { owner: Some(owner), defer_reply: true };
         self.send_pipelined(owner, "release_all", params, |_| PipelinedCheck::ReleaseAll)
     }
 

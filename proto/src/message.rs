@@ -236,6 +236,11 @@ pub struct UnlockParams {
     pub keys: Keys,
     #[serde(default)]
     pub owner: u64,
+    /// The client will not wait for this reply: the server may hold it back and send it
+    /// with this connection's next reply, saving a send and a wake-up (pklock.so sets it
+    /// for the unlock it pipelines).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defer_reply: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -255,6 +260,11 @@ pub struct ReleaseAllParams {
     /// Absent: every owner on this connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u64>,
+    /// The client will not wait for this reply: the server may hold it back and send it
+    /// with this connection's next reply, saving a send and a wake-up (pklock.so sets it
+    /// for the unlock it pipelines).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defer_reply: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -33,6 +33,8 @@ pub struct Ctx<'a> {
     /// Whether this connection has sent the auth key (always true without one).
     pub authed: &'a mut bool,
     pub id: &'a Value,
+    /// The client will not wait for this reply (`defer_reply`).
+    pub reply_can_wait: bool,
 }
 
 impl Ctx<'_> {
@@ -44,18 +46,25 @@ impl Ctx<'_> {
 
 pub type CmdResult = Result<(), ErrorBody>;
 
-/// Runs one request frame, writing its reply (unless it waits) into `out`.
-pub fn handle_frame(shared: &Arc<Shared>, conn: ConnId, outbox: &Arc<Outbox>, authed: &mut bool, out: &mut Vec<u8>, payload: &[u8]) {
+/// Runs one request frame, writing its reply (unless it waits) into `out`. Returns
+/// whether the replies in `out` should be sent now: false only when the client said it
+/// will not wait for this one (`defer_reply`), which then goes with the next reply.
+pub fn handle_frame(shared: &Arc<Shared>, conn: ConnId, outbox: &Arc<Outbox>, authed: &mut bool, out: &mut Vec<u8>, payload: &[u8]) -> bool {
     let req: RequestIn<'_> = match serde_json::from_slice(payload) {
         Ok(req) => req,
         Err(e) => {
             let err = ErrorBody::new(ErrorCode::BadRequest, format!("frame is not a JSON request object: {e}"));
-            return encode_error(out, &Value::Null, &err);
+            encode_error(out, &Value::Null, &err);
+            return true;
         }
     };
-    let mut ctx = Ctx { shared, conn, outbox, out, authed, id: &req.id };
-    if let Err(err) = dispatch(&mut ctx, &req) {
-        encode_error(ctx.out, ctx.id, &err);
+    let mut ctx = Ctx { shared, conn, outbox, out, authed, id: &req.id, reply_can_wait: false };
+    match dispatch(&mut ctx, &req) {
+        Ok(()) => !ctx.reply_can_wait,
+        Err(err) => {
+            encode_error(ctx.out, ctx.id, &err);
+            true
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::table::Owner;
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: ReleaseAllParams = parse_params(raw)?;
+    ctx.reply_can_wait = params.defer_reply;
     let mut woken = Vec::new();
     let (released, cancelled) = {
         let mut table = ctx.shared.table();

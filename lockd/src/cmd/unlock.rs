@@ -14,6 +14,7 @@ use crate::table::{Owner, Unlocked};
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: UnlockParams = parse_params(raw)?;
+    ctx.reply_can_wait = params.defer_reply;
     let Unlocked { released, not_held, cancelled } = unlock(ctx, params.owner, &params.keys.0);
     ctx.reply(&UnlockResult { released, not_held, cancelled });
     Ok(())
