@@ -1,0 +1,109 @@
+<?php
+
+// Prints the PHP comparison's tables (BENCHMARKS.md) and its targets, met or missed, from
+// the JSON lines pairs.php, handoff.php and death.php wrote. Ratios of pairs/s are also
+// given per round (min–max), which shows how noisy the run was.
+//
+//   php bench/php/report.php bench/results/php.jsonl
+
+declare(strict_types=1);
+
+$records = [];
+foreach (file($argv[1] ?? 'bench/results/php.jsonl', FILE_IGNORE_NEW_LINES | FILE_SKIP_EMPTY_LINES) as $line) {
+    $r = json_decode($line, true, flags: JSON_THROW_ON_ERROR);
+    $records["{$r['part']}/{$r['peer']}/{$r['metric']}/{$r['case']}"] = $r;
+}
+
+function find(string $part, string $peer, string $metric, ?string $case = null): ?array
+{
+    global $records;
+    foreach ($records as $r) {
+        if ($r['part'] === $part && $r['peer'] === $peer && $r['metric'] === $metric && ($case === null || $r['case'] === $case)) {
+            return $r;
+        }
+    }
+    return null;
+}
+
+function number(float $v): string
+{
+    return $v >= 100 ? number_format($v, 0, '.', '') : sprintf('%.3g', $v);
+}
+
+/** "a / b" for two pairs/s records, as "median ratio (min–max over rounds)"; null if one is missing. */
+function ratio(?array $a, ?array $b): ?string
+{
+    if ($a === null || $b === null) {
+        return null;
+    }
+    $perRound = array_map(fn ($x, $y) => $x / $y, $a['rounds'], $b['rounds']);
+    return sprintf('%.2f× (%.2f–%.2f)', $a['value'] / $b['value'], min($perRound), max($perRound));
+}
+
+$cases = array_values(array_unique(array_map(fn ($r) => $r['case'], array_filter($records, fn ($r) => $r['part'] === 'pairs'))));
+$peers = array_values(array_unique(array_map(fn ($r) => $r['peer'], array_filter($records, fn ($r) => $r['metric'] === 'pairs_per_sec'))));
+
+echo "| lock+unlock pairs/s, each process its own key | ", implode(' | ', $cases), " | pklock.so ahead, ", implode(' | pklock.so ahead, ', $cases), " |\n";
+echo '|---|', str_repeat('---:|', 2 * count($cases)), "\n";
+foreach ($peers as $peer) {
+    $cells = $ratios = [];
+    foreach ($cases as $case) {
+        $r = find('pairs', $peer, 'pairs_per_sec', $case);
+        $cells[] = $r === null ? '' : number($r['value']);
+        $ratios[] = $peer === 'pklock' ? '' : (ratio(find('pairs', 'pklock', 'pairs_per_sec', $case), $r) ?? '');
+    }
+    echo "| $peer | ", implode(' | ', $cells), ' | ', implode(' | ', $ratios), " |\n";
+}
+$pings = array_map(fn ($case) => find('pairs', 'pklock', 'pings_per_sec', $case), $cases);
+echo "| pklock rpc('ping'), round trips/s | ", implode(' | ', array_map(fn ($r) => $r === null ? '' : number($r['value']), $pings)), str_repeat(' | ', count($cases)), " |\n";
+$ping = $pings[0] ?? null;
+
+foreach (['handoff' => 'handoff: release → waiter granted', 'death' => 'holder killed → waiter granted'] as $part => $title) {
+    echo "\n| $title | p50 | p99 | samples |\n|---|---:|---:|---:|\n";
+    foreach ($records as $r) {
+        if ($r['part'] === $part && str_ends_with($r['metric'], '_p50')) {
+            $p99 = find($part, $r['peer'], str_replace('_p50', '_p99', $r['metric']), $r['case']);
+            $label = match (true) {
+                $r['metric'] === 'ping_p50' => "{$r['peer']} rpc('ping'), just before each handoff",
+                $r['peer'] === 'teardown' => 'a PHP process holding nothing: SIGKILL → reaped (the floor)',
+                ($r['ttl_ms'] ?? 0) > 0 => "{$r['peer']} (expires: TTL {$r['ttl_ms']} ms)",
+                default => $r['peer'],
+            };
+            printf("| %s | %s µs | %s µs | %d |\n", $label, number($r['value']), number($p99['value']), $r['samples']);
+        }
+    }
+}
+
+// Targets of the issue; a target whose parts did not run is left out.
+$targets = [];
+$one = fn (string $peer) => find('pairs', $peer, 'pairs_per_sec', '1 process');
+$many = fn (string $peer) => find('pairs', $peer, 'pairs_per_sec', $cases[count($cases) - 1] ?? '');
+if ($ping !== null && $one('pklock') !== null) {
+    $perRound = array_map(fn ($pings, $pairs) => $pings / $pairs, $ping['rounds'], $one('pklock')['rounds']);
+    $v = $ping['value'] / $one('pklock')['value'];
+    $targets[] = ['1 process: a pair ≤ 1.2× a ping round trip', sprintf('%.2f× (%.2f–%.2f)', $v, min($perRound), max($perRound)), $v <= 1.2];
+}
+foreach ([['redis', 1.7], ['memcached', 1.0], ['postgres', 1.0]] as [$peer, $min]) {
+    if (($r = ratio($one('pklock'), $one($peer))) !== null) {
+        $targets[] = ["1 process: pairs/s ≥ {$min}× $peer", $r, $one('pklock')['value'] >= $min * $one($peer)['value']];
+    }
+}
+if (count($cases) > 1 && ($r = ratio($many('pklock'), $many('redis'))) !== null) {
+    $targets[] = ["{$cases[count($cases) - 1]}: pairs/s ≥ 1.5× redis", $r, $many('pklock')['value'] >= 1.5 * $many('redis')['value']];
+}
+$handoff = find('handoff', 'pklock', 'handoff_p50');
+$handoffPing = find('handoff', 'pklock', 'ping_p50');
+if ($handoff !== null && $handoffPing !== null) {
+    $targets[] = ['handoff median ≤ one ping', sprintf('%s µs vs ping %s µs', number($handoff['value']), number($handoffPing['value'])), $handoff['value'] <= $handoffPing['value']];
+}
+if ($handoff !== null && ($symfony = find('handoff', 'symfony-redis', 'handoff_p50')) !== null) {
+    $v = $symfony['value'] / $handoff['value'];
+    $targets[] = ['handoff ≥ 50× faster than symfony/lock RedisStore acquire(true)', sprintf('%.0f×', $v), $v >= 50];
+}
+if (($death = find('death', 'pklock', 'death_p50')) !== null) {
+    $targets[] = ['holder dies → waiter granted, median ≤ 5 ms', sprintf('%.2f ms', $death['value'] / 1e3), $death['value'] <= 5000];
+}
+echo "\n| target | measured (per-round min–max) | |\n|---|---|---|\n";
+foreach ($targets as [$target, $measured, $met]) {
+    printf("| %s | %s | %s |\n", $target, $measured, $met ? 'met' : '**missed**');
+}
