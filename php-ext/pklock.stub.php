@@ -79,6 +79,7 @@ class PkLockClient
      *
      * @param array<string, mixed>|null $parameters a map (a JSON object); null or [] is {}
      * @param float|null $timeout seconds to wait for the reply; null: the io_timeout option
+     *        (for `lock`, plus its `wait`, and no limit when it has none)
      */
     public function rpc(string $command, ?array $parameters = null, ?float $timeout = null): mixed {}
 

@@ -21,6 +21,19 @@ use ValueError;
 
 final class RpcTest extends PkLockTestCase
 {
+    public function testRpcLockWaitsItsOwnWaitBeyondTheIoTimeout(): void
+    {
+        $key = $this->key();
+        $holder = $this->client();
+        $this->assertTrue($holder->lock($key));
+        $impatient = $this->client(['io_timeout' => 0.2]);
+        // The server answers after the wait (0.6 s), longer than the io_timeout: without a
+        // $timeout, rpc() allows the lock's wait on top of io_timeout.
+        $reply = $impatient->rpc('lock', ['keys' => $key, 'wait' => 0.6, 'owner' => 99]);
+        $this->assertSame(['granted' => false], $reply);
+        $this->assertTrue($impatient->isConnected(), 'no timeout, no broken connection');
+    }
+
     public function testAwkwardValuesRoundTripThroughTheServer(): void
     {
         $client = $this->client();

@@ -116,9 +116,11 @@ impl PkLockClient {
             None => serde_json::Value::Object(Default::default()),
         };
         let timeout = match timeout {
-            None => self.target.timeouts.io,
-            Some(seconds) => positive_seconds(seconds)
-                .ok_or_else(|| argument_error("rpc", 3, "timeout", "must be a number of seconds above 0"))?,
+            None => default_rpc_timeout(command, &parameters, self.target.timeouts.io),
+            Some(seconds) => Some(
+                positive_seconds(seconds)
+                    .ok_or_else(|| argument_error("rpc", 3, "timeout", "must be a number of seconds above 0"))?,
+            ),
         };
         let reply = self.session(|session, owner| session.rpc(owner, &self.target, command, &parameters, timeout))?;
         json::reply_result_to_php(&reply)
@@ -237,4 +239,17 @@ fn apply_options(target: &mut Target, options: &ZendHashTable) -> Result<(), Cli
         }
     }
     Ok(())
+}
+
+/// How long `rpc()` waits for a reply when the caller does not say: `io` for most
+/// commands; for `lock`, its own server-side `wait` on top (no limit when it waits as long
+/// as it takes), as `lock()` does, so a long wait is not mistaken for a dead server.
+fn default_rpc_timeout(command: &str, parameters: &serde_json::Value, io: Duration) -> Option<Duration> {
+    if command != "lock" {
+        return Some(io);
+    }
+    match parameters.get("wait") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(wait) => Some(io + wait.as_f64().and_then(|w| Duration::try_from_secs_f64(w).ok()).unwrap_or_default()),
+    }
 }

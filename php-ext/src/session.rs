@@ -215,10 +215,10 @@ impl Session {
         target: &Target,
         command: &str,
         parameters: &Value,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ClientError> {
         self.raw_rpc_used = true;
-        self.exchange(owner, target, command, parameters, Some(timeout), || format!("rpc('{command}')"))?;
+        self.exchange(owner, target, command, parameters, timeout, || format!("rpc('{command}')"))?;
         Ok(self.conn.as_ref().expect("a reply just came through it").last_reply_payload().to_vec())
     }
 
