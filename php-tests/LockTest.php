@@ -238,6 +238,28 @@ final class LockTest extends PkLockTestCase
         $a->lock($this->key('again'));
     }
 
+    public function testAnEarlierUnlockProblemDoesNotStopTheNextUnlock(): void
+    {
+        $first = $this->key('first');
+        $second = $this->key('second');
+        $a = $this->client();
+        $this->assertTrue($a->lock([$first]));
+        $this->assertTrue($a->lock([$second]));
+        $owner = $this->client()->rpc('locks', ['prefix' => $first])['keys'][0]['holders'][0]['owner'];
+        $this->client()->rpc('unlock', ['keys' => $first, 'owner' => $owner]);
+        $a->unlock($first); // its reply will say "not held"
+        // It arrives with the next reply the server must send: this lock's.
+        $this->assertTrue($a->lock($this->key('third')));
+        try {
+            $a->unlock($second);
+            $this->fail('the earlier problem is reported');
+        } catch (\PkLockLostException $e) {
+            $this->assertStringContainsString($first, $e->getMessage());
+        }
+        $this->assertNull($a->token($second));
+        $this->assertTrue($this->client()->lock($second, 0), 'released all the same');
+    }
+
     public function testConstructingNeedsNoServerAndCloseDisconnects(): void
     {
         $nowhere = new PkLockClient('127.0.0.1', 1);

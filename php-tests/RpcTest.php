@@ -21,6 +21,44 @@ use ValueError;
 
 final class RpcTest extends PkLockTestCase
 {
+    public function testRpcCannotChangeTheSharedConnectionForOtherObjects(): void
+    {
+        $key = $this->key();
+        $holder = $this->client();
+        $this->assertTrue($holder->lock($key));
+        $raw = $this->client();
+        foreach ([
+            fn () => $raw->rpc('hello', ['auth_key' => 'x']),
+            fn () => $raw->rpc('unlock', ['keys' => $key, 'defer_reply' => true]),
+        ] as $call) {
+            try {
+                $call();
+                $this->fail('refused');
+            } catch (\ValueError $e) {
+                $this->assertStringContainsString('rpc', $e->getMessage());
+            }
+        }
+        // A bare release_all is owner 0's (rpc()'s default owner), not every object's.
+        $this->assertSame(['released' => 0, 'cancelled' => 0], $raw->rpc('release_all'));
+        $this->assertSame(1, $this->holdersOf($key));
+        $this->assertNotNull($holder->token($key));
+    }
+
+    public function testARequestLargerThanTheServerTakesIsRefusedWithoutLosingTheConnection(): void
+    {
+        $key = $this->key();
+        $holder = $this->client();
+        $this->assertTrue($holder->lock($key));
+        $big = $this->client();
+        try {
+            $big->lock(str_repeat('k', 2_000_000), 0);
+            $this->fail('refused');
+        } catch (\PkLockFrameTooLargeException $e) {
+            $this->assertStringContainsString('not sent', $e->getMessage());
+        }
+        $this->assertTrue($holder->unlock($key), 'the other object still holds its lock on a live connection');
+    }
+
     public function testRpcLockWaitsItsOwnWaitBeyondTheIoTimeout(): void
     {
         $key = $this->key();

@@ -111,10 +111,11 @@ impl PkLockClient {
         if command.is_empty() {
             return Err(argument_error("rpc", 1, "command", "must not be empty").into());
         }
-        let parameters = match parameters {
+        let mut parameters = match parameters {
             Some(parameters) => json::to_json_object(parameters, &Path::argument("parameters"))?,
             None => serde_json::Value::Object(Default::default()),
         };
+        guard_shared_connection(command, &mut parameters)?;
         let timeout = match timeout {
             None => default_rpc_timeout(command, &parameters, self.target.timeouts.io),
             Some(seconds) => Some(
@@ -250,6 +251,35 @@ fn default_rpc_timeout(command: &str, parameters: &serde_json::Value, io: Durati
     }
     match parameters.get("wait") {
         None | Some(serde_json::Value::Null) => None,
-        Some(wait) => Some(io + wait.as_f64().and_then(|w| Duration::try_from_secs_f64(w).ok()).unwrap_or_default()),
+        Some(wait) => match wait.as_f64() {
+            // A wait too long to represent is as long as it takes, for lockd too.
+            Some(seconds) if seconds >= 0.0 => Duration::try_from_secs_f64(seconds).ok().and_then(|w| io.checked_add(w)),
+            // Anything else lockd refuses at once.
+            _ => Some(io),
+        },
     }
+}
+
+/// Every object of the process shares one connection, so `rpc()` must not change it for
+/// the others: `hello` would re-authenticate it, `defer_reply` would hold back the reply
+/// `rpc()` waits for, and a `release_all` without an owner would release every object's
+/// locks behind their backs (it is given owner 0, whose locks `rpc()` takes by default).
+fn guard_shared_connection(command: &str, parameters: &mut serde_json::Value) -> Result<(), PhpException> {
+    if command == "hello" {
+        return Err(argument_error(
+            "rpc",
+            1,
+            "command",
+            "must not be 'hello': the process's connection is shared; pass auth_key in the constructor options",
+        )
+        .into());
+    }
+    let map = parameters.as_object_mut().expect("parameters are a JSON object");
+    if map.contains_key("defer_reply") {
+        return Err(argument_error("rpc", 2, "parameters", "must not set defer_reply: rpc() waits for its reply").into());
+    }
+    if command == "release_all" {
+        map.entry("owner").or_insert(serde_json::Value::from(0));
+    }
+    Ok(())
 }

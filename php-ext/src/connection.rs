@@ -64,6 +64,9 @@ pub enum ConnError {
     Frame(#[from] FrameError),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Nothing was sent: the connection is as good as before.
+    #[error("the request is {len} bytes, more than the server's limit of {max} bytes; it was not sent")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// What to check in the reply of a pipelined request.
@@ -99,6 +102,8 @@ pub struct Connection {
     /// What SO_RCVTIMEO is set to now (`None`: block indefinitely).
     read_timeout: Option<Duration>,
     pipelined: VecDeque<Pipelined>,
+    /// The server's limit on a request frame's payload, from `hello`.
+    max_frame: usize,
     /// The first problem found in each owner's pipelined replies, not reported yet.
     deferred: Vec<(u64, ClientError)>,
 }
@@ -125,6 +130,7 @@ impl Connection {
             last_payload: Vec::with_capacity(256),
             read_timeout: None,
             pipelined: VecDeque::new(),
+            max_frame: pklock_proto::DEFAULT_MAX_FRAME,
             deferred: Vec::new(),
         };
         let lost = |e: ConnError| ClientError::ConnectionLost {
@@ -138,6 +144,7 @@ impl Connection {
                 let hello: HelloResult = serde_json::from_value(result)
                     .map_err(|e| lost(ConnError::Protocol(format!("unexpected hello result: {e}"))))?;
                 conn.server_connection = hello.connection;
+                conn.max_frame = hello.max_frame;
                 Ok(conn)
             }
             Err(body) => Err(ClientError::Server { request: "hello".into(), body }),
@@ -164,6 +171,10 @@ impl Connection {
         self.next_id += 1;
         self.out.clear();
         frame::encode_into(&mut self.out, &RequestOut { id, command, parameters })?;
+        let len = self.out.len() - HEADER_LEN;
+        if len > self.max_frame {
+            return Err(ConnError::TooLarge { len, max: self.max_frame });
+        }
         self.send_out()?;
         Ok(id)
     }

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pklock_proto::{HelloParams, Keys, LockParams, LockResult, Mode, ReleaseAllParams, UnlockParams};
+use pklock_proto::{ErrorBody, ErrorCode, HelloParams, Keys, LockParams, LockResult, Mode, ReleaseAllParams, UnlockParams};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -174,7 +174,12 @@ impl Session {
     /// Releases those of `keys` that `owner` holds, without waiting for the reply (it is
     /// checked at the start of the next call). True when `owner` held every one of them.
     pub fn unlock(&mut self, owner: OwnerId, keys: Vec<String>) -> Result<bool, ClientError> {
-        self.checkpoint(owner)?;
+        let earlier = self.checkpoint_before_release(owner)?;
+        let released = self.release_keys(owner, keys)?;
+        earlier.map_or(Ok(released), Err)
+    }
+
+    fn release_keys(&mut self, owner: OwnerId, keys: Vec<String>) -> Result<bool, ClientError> {
         let Some(held) = self.held.get_mut(&owner) else {
             return Ok(false);
         };
@@ -196,8 +201,21 @@ impl Session {
 
     /// Releases every lock of `owner` (pipelined like `unlock`).
     pub fn unlock_all(&mut self, owner: OwnerId) -> Result<(), ClientError> {
-        self.checkpoint(owner)?;
-        self.release_owner(owner)
+        let earlier = self.checkpoint_before_release(owner)?;
+        self.release_owner(owner)?;
+        earlier.map_or(Ok(()), Err)
+    }
+
+    /// [`checkpoint`](Self::checkpoint) for a release: a problem an earlier pipelined
+    /// request of `owner` left behind must not keep this release from happening, so it is
+    /// returned to report afterwards. A lost connection is returned as the error at once:
+    /// the server has already released everything.
+    fn checkpoint_before_release(&mut self, owner: OwnerId) -> Result<Option<ClientError>, ClientError> {
+        match self.checkpoint(owner) {
+            Ok(()) => Ok(None),
+            Err(lost @ ClientError::ConnectionLost { .. }) => Err(lost),
+            Err(earlier) => Ok(Some(earlier)),
+        }
     }
 
     /// The fencing token of `key` if `owner` holds it.
@@ -364,6 +382,10 @@ impl Session {
         match outcome {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(body)) => Err(ClientError::Server { request: describe_request(), body }),
+            Err(too_large @ ConnError::TooLarge { .. }) => Err(ClientError::Server {
+                request: describe_request(),
+                body: ErrorBody::new(ErrorCode::FrameTooLarge, too_large.to_string()),
+            }),
             Err(e) => Err(self.connection_failed(Some(owner), e)),
         }
     }

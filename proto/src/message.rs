@@ -202,6 +202,14 @@ pub struct HelloResult {
     pub version: String,
     pub connection: u64,
     pub features: Vec<String>,
+    /// The largest request frame this server accepts (its `--max-frame`); a client can
+    /// refuse a larger request itself instead of losing the connection over it.
+    #[serde(default = "default_max_frame")]
+    pub max_frame: usize,
+}
+
+fn default_max_frame() -> usize {
+    crate::DEFAULT_MAX_FRAME
 }
 
 #[derive(Debug, Serialize, Deserialize)]

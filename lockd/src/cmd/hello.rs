@@ -24,6 +24,7 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
         version: env!("CARGO_PKG_VERSION").into(),
         connection: ctx.conn,
         features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        max_frame: ctx.shared.config.max_frame,
     });
     Ok(())
 }
