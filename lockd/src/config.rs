@@ -81,7 +81,7 @@ pub struct Config {
 
     /// Seconds a dead connection's locks stay unavailable before waiters get them
     /// (explicit unlocks never wait). 0 turns it off.
-    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_lock_delay)]
     pub lock_delay: Duration,
 
     /// Shared secret clients must send in `hello` before any other command.
@@ -122,6 +122,17 @@ impl Config {
     }
 }
 
+/// Chubby bounds its lock-delay at a minute; an hour is already more than any sane setup.
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(3600);
+
+fn parse_lock_delay(s: &str) -> Result<Duration, String> {
+    let delay = parse_seconds(s)?;
+    if delay > MAX_LOCK_DELAY {
+        return Err(format!("{s:?} is more than the limit of {} seconds", MAX_LOCK_DELAY.as_secs()));
+    }
+    Ok(delay)
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a usable number of seconds"))
@@ -150,5 +161,6 @@ mod tests {
         assert!(c.allows("10.1.2.3".parse().unwrap()));
         assert!(Config::try_parse_from(["lockd", "--lock-delay", "soon"]).is_err());
         assert!(Config::try_parse_from(["lockd", "--lock-delay", "-1"]).is_err());
+        assert!(Config::try_parse_from(["lockd", "--lock-delay", "1e19"]).is_err());
     }
 }

@@ -36,6 +36,7 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// client closes, breaks the protocol, or the server shuts down.
 pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     debug!(conn, %peer, "connection opened");
+    let registration = Registration { shared: shared.clone(), conn: Some(conn) };
     let (reader, writer) = stream.into_split();
     let outbox = Arc::new(Outbox::new(writer));
     let mut frames = FramedRead::with_capacity(reader, FrameDecoder::new(shared.config.max_frame), INITIAL_READ_BUFFER);
@@ -105,10 +106,33 @@ pub async fn serve(shared: Arc<Shared>, conn: ConnId, stream: TcpStream, peer: S
         }
     };
 
-    let (released, cancelled) = shared.disconnect(conn);
+    let (released, cancelled) = registration.close();
     if released + cancelled > 0 {
         info!(conn, %peer, released, cancelled, reason = why_closed, "connection closed; its locks were released");
     } else {
         debug!(conn, %peer, reason = why_closed, "connection closed");
+    }
+}
+
+/// A registered connection. Closing it releases its locks; so does dropping it, which is
+/// what happens if the connection's task panics, so a bug cannot leave locks held.
+struct Registration {
+    shared: Arc<Shared>,
+    conn: Option<ConnId>,
+}
+
+impl Registration {
+    /// Releases the connection's locks: (released, cancelled).
+    fn close(mut self) -> (usize, usize) {
+        self.conn.take().map_or((0, 0), |conn| self.shared.disconnect(conn))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tracing::error!(conn, "connection task ended abnormally; releasing its locks");
+            self.shared.disconnect(conn);
+        }
     }
 }

@@ -121,9 +121,14 @@ impl Shared {
                 (ReplyStyle::PkLockServer, WaitEnd::Granted { .. }) => {
                     encode_result(&mut frame, &waiter.id, &LegacyLockResult { status: "ok".into() })
                 }
+                // pkLockServer had no server-side wait; a lockName request that adds one
+                // is told when it runs out.
+                (ReplyStyle::PkLockServer, WaitEnd::TimedOut) => {
+                    encode_result(&mut frame, &waiter.id, &LegacyLockResult { status: "timeout".into() })
+                }
                 // pkLockServer never answered a withdrawn request; its clients stop
                 // listening for it before they withdraw it.
-                (ReplyStyle::PkLockServer, WaitEnd::TimedOut | WaitEnd::Cancelled) => continue,
+                (ReplyStyle::PkLockServer, WaitEnd::Cancelled) => continue,
             }
             waiter.outbox.send_from_other(&frame);
         }

@@ -273,7 +273,8 @@ impl<W> LockTable<W> {
 
     /// Asks for `req.keys` in `req.mode`. `waiter` is called only if the request queues.
     /// Grants that the request makes possible for others (a downgrade lets shared
-    /// waiters in) are appended to `woken`.
+    /// waiters in) are appended to `woken`. A wait too long to represent as a deadline
+    /// waits as long as it takes.
     pub fn lock(
         &mut self,
         req: LockRequest<'_>,
@@ -281,6 +282,21 @@ impl<W> LockTable<W> {
         waiter: impl FnOnce() -> W,
         woken: &mut Vec<Wakeup<W>>,
     ) -> Result<Acquired, TableError> {
+        let acquired = self.try_lock(req, now, waiter, woken);
+        // A refused or busy request must not leave an empty owner record behind.
+        self.forget_if_idle(req.owner);
+        acquired
+    }
+
+    fn try_lock(
+        &mut self,
+        req: LockRequest<'_>,
+        now: Instant,
+        waiter: impl FnOnce() -> W,
+        woken: &mut Vec<Wakeup<W>>,
+    ) -> Result<Acquired, TableError> {
+        // Worked out before anything changes, so nothing can fail half-way.
+        let deadline = req.wait.and_then(|w| now.checked_add(w));
         let keys = self.validate_keys(req.keys)?;
         let owner_state = self.conns.entry(req.owner.conn).or_default().owners.entry(req.owner.handle).or_default();
         if owner_state.pending.is_some() {
@@ -334,7 +350,6 @@ impl<W> LockTable<W> {
         for key in &queued_on {
             self.keys.get_or_insert(key).push_waiter(rid, upgrades.contains(key));
         }
-        let deadline = req.wait.map(|w| now + w);
         self.pending.insert(
             rid,
             Pending { owner: req.owner, mode: req.mode, keys, queued_on, new_keys, since: now, deadline, waiter: waiter() },
@@ -362,7 +377,9 @@ impl<W> LockTable<W> {
         let mut result = Unlocked::default();
         let mut dirty = Vec::new();
         if let Some(rid) = self.owner(owner).and_then(|o| o.pending) {
-            if self.pending[&rid].keys.iter().any(|k| keys.iter().any(|x| **k == **x)) {
+            let awaited: HashSet<&str> = self.pending[&rid].keys.iter().map(|k| &**k).collect();
+            let withdraw = keys.iter().any(|k| awaited.contains(k.as_str()));
+            if withdraw {
                 let cancelled = self.cancel(rid);
                 dirty.extend(cancelled.queued_on);
                 woken.push(Wakeup { waiter: cancelled.waiter, end: WaitEnd::Cancelled });
@@ -380,6 +397,7 @@ impl<W> LockTable<W> {
                 None => result.not_held.push(key.clone()),
             }
         }
+        self.forget_if_idle(owner);
         self.process(dirty, now, woken);
         result
     }
@@ -443,6 +461,7 @@ impl<W> LockTable<W> {
                 Deadline::Wait(rid) => {
                     if self.pending.contains_key(&rid) {
                         let expired = self.cancel(rid);
+                        self.forget_if_idle(expired.owner);
                         self.timeouts += 1;
                         dirty.extend(expired.queued_on);
                         woken.push(Wakeup { waiter: expired.waiter, end: WaitEnd::TimedOut });
@@ -563,6 +582,16 @@ impl<W> LockTable<W> {
 
     fn owner_mut(&mut self, owner: Owner) -> &mut OwnerState {
         self.conns.entry(owner.conn).or_default().owners.entry(owner.handle).or_default()
+    }
+
+    /// Drops the record of an owner that holds nothing and waits for nothing: a
+    /// long-lived connection sees a new owner per PHP object, and records must not pile up.
+    fn forget_if_idle(&mut self, owner: Owner) {
+        if let Some(conn) = self.conns.get_mut(&owner.conn) {
+            if conn.owners.get(&owner.handle).is_some_and(|o| o.held.is_empty() && o.pending.is_none()) {
+                conn.owners.remove(&owner.handle);
+            }
+        }
     }
 
     fn owner_mut_if_exists(&mut self, owner: Owner) -> Option<&mut OwnerState> {

@@ -262,3 +262,34 @@ fn a_deferred_unlock_reply_goes_out_with_the_next_reply() {
     assert_eq!(other.call("lock", json!({"keys": "k", "wait": 5}))["granted"], json!(true));
     assert_eq!(other.call("unlock", json!({"keys": "k"}))["released"], json!(["k"]));
 }
+
+#[test]
+fn a_wait_too_long_for_a_deadline_waits_and_breaks_nothing() {
+    let server = TestServer::start();
+    let (mut holder, mut patient) = (server.client(), server.client());
+    holder.lock("k", 0);
+    holder.lock("other", 0);
+    let id = patient.send("lock", json!({"keys": "k", "wait": 1e19}));
+    assert!(patient.try_recv(Duration::from_millis(100)).is_none(), "it waits");
+    assert_eq!(holder.call("unlock", json!({"keys": ["k", "other"]}))["released"], json!(["k", "other"]));
+    assert_eq!(patient.recv(), json!({"id": id, "result": {"granted": true, "token": 3}}));
+}
+
+#[test]
+fn pklockserver_lock_with_a_wait_is_told_when_it_runs_out() {
+    let server = TestServer::start();
+    let (mut holder, mut old) = (server.client(), server.client());
+    holder.lock("test", 0);
+    old.send_value(&json!({"command": "lock", "parameters": {"lockName": "test", "wait": 0.1}, "id": 4}));
+    assert_eq!(old.recv(), json!({"id": 4, "result": {"status": "timeout"}}));
+}
+
+#[test]
+fn commands_without_parameters_refuse_unknown_ones_and_unlock_has_a_key_limit() {
+    let server = TestServer::with_args(&["--max-keys", "2"]);
+    let mut c = server.client();
+    for command in ["ping", "stat"] {
+        assert_eq!(c.call_reply(command, json!({"verbose": true}))["error"]["code"], json!("bad_request"), "{command}");
+    }
+    assert_eq!(c.call_reply("unlock", json!({"keys": ["a", "b", "c"]}))["error"]["code"], json!("too_many_keys"));
+}

@@ -283,6 +283,12 @@ pub struct ReleaseAllResult {
     pub cancelled: usize,
 }
 
+/// Parameters of commands that take none (`ping`, `stat`): only `{}` is accepted, like
+/// every command refuses parameters it does not know.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PingResult {
     pub pong: bool,

@@ -1,12 +1,12 @@
 //! `stat`: uptime, connections, locks, waiters, counters and memory.
 
-use pklock_proto::StatResult;
+use pklock_proto::{NoParams, StatResult};
 use serde_json::value::RawValue;
 
 use super::{parse_params, CmdResult, Ctx};
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
-    let _: serde::de::IgnoredAny = parse_params(raw)?;
+    let NoParams {} = parse_params(raw)?;
     let t = ctx.shared.table().stats();
     ctx.reply(&StatResult {
         version: env!("CARGO_PKG_VERSION").into(),

@@ -10,10 +10,14 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{parse_params, CmdResult, Ctx};
-use crate::table::{Owner, Unlocked};
+use crate::table::{Owner, TableError, Unlocked};
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: UnlockParams = parse_params(raw)?;
+    let limit = ctx.shared.config.max_keys;
+    if params.keys.0.len() > limit {
+        return Err(TableError::TooManyKeys { count: params.keys.0.len(), limit }.into());
+    }
     ctx.reply_can_wait = params.defer_reply;
     let Unlocked { released, not_held, cancelled } = unlock(ctx, params.owner, &params.keys.0);
     ctx.reply(&UnlockResult { released, not_held, cancelled });

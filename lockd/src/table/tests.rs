@@ -372,3 +372,32 @@ fn a_queued_grant_that_downgrades_lets_shared_waiters_in() {
     woken.sort();
     assert_eq!(woken, ["b reads k0", "c"]);
 }
+
+#[test]
+fn a_wait_too_long_for_a_deadline_waits_as_long_as_it_takes() {
+    let mut f = Fixture::new();
+    f.x(owner(1, 0), &["k"], "holder");
+    let ks = keys(&["k"]);
+    let req = LockRequest { owner: owner(2, 0), keys: &ks, mode: Mode::Exclusive, wait: Some(Duration::MAX) };
+    assert_eq!(f.table.lock(req, f.now, || "patient", &mut f.woken).unwrap(), Acquired::Queued);
+    assert_eq!(f.table.next_deadline(), None);
+    f.unlock(owner(1, 0), &["k"]);
+    assert_eq!(f.woken_names(), ["patient"]);
+}
+
+#[test]
+fn owners_that_hold_and_await_nothing_leave_no_record() {
+    let mut f = Fixture::new();
+    f.x(owner(9, 0), &["busy"], "holder");
+    for handle in 1..=50 {
+        f.x(owner(1, handle), &["k"], "lock");
+        f.unlock(owner(1, handle), &["k"]);
+        assert_eq!(f.lock(owner(2, handle), &["busy"], Mode::Exclusive, Some(0), "try").unwrap(), Acquired::Busy);
+        assert!(f.lock(owner(3, handle), &[""], Mode::Exclusive, None, "refused").is_err());
+        assert_eq!(f.lock(owner(4, handle), &["busy"], Mode::Exclusive, Some(1), "timed out").unwrap(), Acquired::Queued);
+    }
+    f.advance(1);
+    for conn in 1..=4 {
+        assert_eq!(f.table.conns.get(&conn).map_or(0, |c| c.owners.len()), 0, "connection {conn}");
+    }
+}
