@@ -58,6 +58,26 @@ final class ConfigTest extends PkLockTestCase
         }
     }
 
+    public function testAnObjectWithoutTheKeyDoesNotRideOnAnotherObjectsConnection(): void
+    {
+        $guarded = LockdServer::start(['--auth-key', 's3cret']);
+        try {
+            $withKey = new PkLockClient($guarded->host(), $guarded->port(), ['auth_key' => 's3cret']);
+            $this->assertTrue($withKey->lock($this->key(), 0), 'connected and authenticated');
+            foreach ([[], ['auth_key' => 'wrong']] as $options) {
+                try {
+                    (new PkLockClient($guarded->host(), $guarded->port(), $options))->lock($this->key('other'), 0);
+                    $this->fail('refused: ' . json_encode($options));
+                } catch (PkLockAuthException $e) {
+                    $this->assertStringContainsString('auth', $e->getMessage());
+                }
+            }
+            $this->assertTrue($withKey->unlock($this->key()), 'the authenticated connection is unharmed');
+        } finally {
+            $guarded->stop();
+        }
+    }
+
     public function testAServerThatDoesNotAnswerIsAConnectionErrorAfterTheIoTimeout(): void
     {
         $silent = stream_socket_server('tcp://127.0.0.1:0');

@@ -52,6 +52,34 @@ final class ForkTest extends PkLockTestCase
         $this->assertTrue($this->client()->lock($key, 0));
     }
 
+    public function testALivingChildDoesNotKeepTheParentsConnectionOpen(): void
+    {
+        $key = $this->key();
+        $parent = $this->client();
+        $this->assertTrue($parent->lock($key));
+        [$toParent, $inChild] = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
+
+        $pid = pcntl_fork();
+        if ($pid === 0) {
+            // Lives on without touching pklock until the parent is done, then leaves
+            // without running PHP's shutdown.
+            fclose($toParent);
+            fgets($inChild);
+            posix_kill(posix_getpid(), SIGKILL);
+        }
+        fclose($inChild);
+        try {
+            // Closing ends the connection for lockd even though the child still has a
+            // copy of the descriptor from fork(): the server releases the lock.
+            $parent->close();
+            $this->waitUntil(fn () => $this->holdersOf($key) === 0, 'the parent\'s lock released while its child lives');
+            $this->assertTrue($this->client()->lock($key, 0));
+        } finally {
+            fwrite($toParent, "done\n");
+            pcntl_waitpid($pid, $status);
+        }
+    }
+
     public function testParentSeesAChildsLocksAsAnotherProcessesUntilTheChildExits(): void
     {
         $key = $this->key();

@@ -145,8 +145,14 @@ final class RpcTest extends PkLockTestCase
         $this->assertTrue($client->rpc('lock', ['keys' => $keys, 'wait' => 0, 'owner' => 1])['granted']);
         $this->assertSame($key, $client->rpc('locks', ['prefix' => $key])['keys'][0]['key']);
         $this->assertSame(['released' => [$key], 'not_held' => []], $client->rpc('unlock', ['keys' => $key, 'owner' => 1]));
-        // ping ignores its parameters: this only shows that they convert and send.
-        $this->assertSame(['pong' => true], $client->rpc('ping', ['object' => $object, 'empty' => new stdClass()]));
+        // ping takes no parameters: the server's refusal names a field it received, which
+        // shows that the objects converted and went out.
+        try {
+            $client->rpc('ping', ['object' => $object, 'empty' => new stdClass()]);
+            $this->fail('ping refuses parameters');
+        } catch (\PkLockBadRequestException $e) {
+            $this->assertMatchesRegularExpression('/unknown field `(object|empty)`/', $e->getMessage());
+        }
     }
 
     /** @dataProvider valuesJsonCannotHold */

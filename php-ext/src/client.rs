@@ -24,8 +24,10 @@ const MAX_WAIT: f64 = 1e9;
 #[php_class]
 pub struct PkLockClient {
     target: Target,
-    /// `host:port`: which session this object uses.
+    /// `host:port`, for messages.
     addr: String,
+    /// Which session (connection) this object uses: see [`Target::session_key`].
+    session_key: String,
     owner: OwnerId,
 }
 
@@ -53,7 +55,7 @@ impl PkLockClient {
         if let Some(options) = options {
             apply_options(&mut target, options)?;
         }
-        Ok(PkLockClient { addr: target.addr(), target, owner: new_owner() })
+        Ok(PkLockClient { addr: target.addr(), session_key: target.session_key(), target, owner: new_owner() })
     }
 
     /// Takes the lock on `$keys` (all of them or none). True when granted, false when `$wait`
@@ -144,7 +146,7 @@ impl PkLockClient {
     /// Runs `f` on this object's session. `f` must not create PHP values or call PHP code: a
     /// bailout (fatal error) inside would leave the process state borrowed for good.
     fn session<R>(&self, f: impl FnOnce(&mut session::Session, OwnerId) -> R) -> R {
-        session::with_session(&self.addr, |session| f(session, self.owner))
+        session::with_session(&self.session_key, &self.addr, |session| f(session, self.owner))
     }
 
     fn take(&self, keys: Vec<String>, wait: Option<f64>, shared: bool) -> Result<Option<u64>, ClientError> {
@@ -157,7 +159,7 @@ impl Drop for PkLockClient {
     /// Releases what the object still holds. In a forked child the session forgets the
     /// parent's state first, so an inherited object releases nothing of the parent's.
     fn drop(&mut self) {
-        session::with_existing_session(&self.addr, |session| session.forget_owner(self.owner));
+        session::with_existing_session(&self.session_key, |session| session.forget_owner(self.owner));
     }
 }
 

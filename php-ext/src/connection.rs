@@ -108,6 +108,12 @@ pub struct Connection {
     deferred: Vec<(u64, ClientError)>,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        crate::fork::untrack(self.stream.as_raw_fd());
+    }
+}
+
 impl Connection {
     /// Connects, configures the socket and says `hello`.
     pub fn open(
@@ -133,6 +139,8 @@ impl Connection {
             max_frame: pklock_proto::DEFAULT_MAX_FRAME,
             deferred: Vec::new(),
         };
+        // From here on, dropping `conn` untracks it.
+        crate::fork::track(conn.stream.as_raw_fd());
         let lost = |e: ConnError| ClientError::ConnectionLost {
             addr: addr.to_owned(),
             reason: format!("during hello: {e}"),

@@ -7,6 +7,7 @@ mod client;
 mod connection;
 mod error;
 mod exceptions;
+mod fork;
 mod ini;
 mod json;
 mod session;
@@ -24,7 +25,11 @@ unsafe extern "C" {
 
 fn startup(_type: i32, module_number: i32) -> i32 {
     IniEntryDef::register(ini::ENTRIES.as_slice(), module_number);
-    0
+    match fork::install() {
+        Ok(()) => 0,
+        // Without it, a forked child would keep the parent's connections open.
+        Err(_) => 1,
+    }
 }
 
 /// RSHUTDOWN. A panic must not cross into PHP here (ext-php-rs does not catch it).

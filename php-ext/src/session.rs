@@ -38,12 +38,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// `host:port`, the session key and the address shown in messages.
+    /// `host:port`, the address shown in messages.
     pub fn addr(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Which session serves this target: one per address and auth key, since the key is
+    /// sent once per connection and an object must not ride on a connection that another
+    /// object's key opened.
+    pub fn session_key(&self) -> String {
+        match &self.auth_key {
+            None => self.addr(),
+            Some(key) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                format!("{} auth {:016x}", self.addr(), hasher.finish())
+            }
         }
     }
 }
@@ -85,20 +100,20 @@ pub fn new_owner() -> OwnerId {
     })
 }
 
-/// Runs `f` on the session for `addr`, creating it on first use.
-pub fn with_session<R>(addr: &str, f: impl FnOnce(&mut Session) -> R) -> R {
+/// Runs `f` on the session `key` (for server `addr`), creating it on first use.
+pub fn with_session<R>(key: &str, addr: &str, f: impl FnOnce(&mut Session) -> R) -> R {
     REGISTRY.with_borrow_mut(|registry| {
-        let session = registry.sessions.entry(addr.to_owned()).or_insert_with(|| Session::new(addr));
+        let session = registry.sessions.entry(key.to_owned()).or_insert_with(|| Session::new(addr));
         f(session)
     })
 }
 
 /// Like [`with_session`] for destructors: does nothing if the session does not exist or the
 /// state is unavailable (thread-local storage being torn down).
-pub fn with_existing_session(addr: &str, f: impl FnOnce(&mut Session)) {
+pub fn with_existing_session(key: &str, f: impl FnOnce(&mut Session)) {
     let _ = REGISTRY.try_with(|registry| {
         if let Ok(mut registry) = registry.try_borrow_mut() {
-            if let Some(session) = registry.sessions.get_mut(addr) {
+            if let Some(session) = registry.sessions.get_mut(key) {
                 f(session);
             }
         }
