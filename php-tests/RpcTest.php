@@ -59,6 +59,32 @@ final class RpcTest extends PkLockTestCase
         $this->assertTrue($holder->unlock($key), 'the other object still holds its lock on a live connection');
     }
 
+    public function testArrayKeysThatAreNotUtf8AreValueErrors(): void
+    {
+        $client = $this->client();
+        foreach ([
+            'lock keys' => fn () => $client->lock(["\xff" => 'a'], 0),
+            'options' => fn () => new PkLockClient(null, null, ["\xff" => 1]),
+            'parameters' => fn () => $client->rpc('check', ['key' => 'x', 'token' => 1, "\xff" => 1]),
+            'nested' => fn () => $client->rpc('check', ['key' => ['a' => ["\xfe" => 1]], 'token' => 1]),
+        ] as $where => $call) {
+            try {
+                $call();
+                $this->fail("refused: $where");
+            } catch (\ValueError $e) {
+                $this->assertStringContainsString('has a key that is not valid UTF-8', $e->getMessage(), $where);
+            }
+        }
+    }
+
+    public function testAKeyNamedTwiceIsOneKey(): void
+    {
+        $key = $this->key();
+        $client = $this->client();
+        $this->assertTrue($client->lock([$key, $key]));
+        $this->assertTrue($client->unlock([$key, $key]));
+    }
+
     public function testRpcLockWaitsItsOwnWaitBeyondTheIoTimeout(): void
     {
         $key = $this->key();

@@ -13,7 +13,7 @@ use pklock_proto::Mode;
 use crate::connection::Timeouts;
 use crate::error::{quote_keys, ClientError};
 use crate::ini;
-use crate::json::{self, php_type_name, Path};
+use crate::json::{self, entries, php_type_name, EntryKey, Path};
 use crate::session::{self, new_owner, OwnerId, Target};
 
 /// Longest wait accepted, in seconds (about 31 years: "as long as it takes" is `null`).
@@ -180,7 +180,16 @@ fn keys_argument(method: &str, keys: &Zval) -> Result<Vec<String>, ClientError> 
         if array.is_empty() {
             return Err(argument_error(method, 1, "keys", "must not be an empty array"));
         }
-        array.values().enumerate().map(|(index, key)| one_key(method, key.dereference(), Some(index))).collect()
+        let mut keys: Vec<String> = Vec::with_capacity(array.len());
+        for (index, (_, key)) in entries(array, &Path::argument("keys"))?.into_iter().enumerate() {
+            let key = one_key(method, key.dereference(), Some(index))?;
+            // A key named twice is one key (as lockd counts it), so unlock(['a', 'a']) of a
+            // held 'a' is true.
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     } else if keys.is_string() {
         one_key(method, keys, None).map(|key| vec![key])
     } else {
@@ -225,8 +234,11 @@ fn positive_seconds(seconds: f64) -> Option<Duration> {
 fn apply_options(target: &mut Target, options: &ZendHashTable) -> Result<(), ClientError> {
     let option_error =
         |name: &str, problem: &str| argument_error("__construct", 3, "options", &format!("['{name}'] {problem}"));
-    for (name, value) in options.iter() {
-        let name = name.to_string();
+    for (name, value) in entries(options, &Path::argument("options"))? {
+        let name = match name {
+            EntryKey::Index(index) => index.to_string(),
+            EntryKey::Name(name) => name,
+        };
         let value = value.dereference();
         let number = value.double().or_else(|| value.long().map(|int| int as f64));
         let seconds = || {

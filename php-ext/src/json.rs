@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use ext_php_rs::types::{ArrayKey, ZendHashTable, Zval};
+use ext_php_rs::types::{ZendHashTable, Zval};
 use ext_php_rs::zend::ClassEntry;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -63,7 +63,7 @@ impl Path {
         Path(path)
     }
 
-    fn error(&self, problem: &str) -> ClientError {
+    pub fn error(&self, problem: &str) -> ClientError {
         ClientError::value_error(format!("{}: {problem}", self.0))
     }
 
@@ -78,12 +78,49 @@ pub enum JsonKey<'a> {
     Name(&'a str),
 }
 
+/// A PHP array key, known to be valid UTF-8 when it is a string.
+pub enum EntryKey {
+    Index(i64),
+    Name(String),
+}
+
+impl EntryKey {
+    pub fn json_key(&self) -> JsonKey<'_> {
+        match self {
+            EntryKey::Index(index) => JsonKey::Index(*index),
+            EntryKey::Name(name) => JsonKey::Name(name),
+        }
+    }
+}
+
+/// The entries of a PHP array in order. PHP allows any bytes in a string key, and
+/// ext-php-rs's own iterators panic on one that is not UTF-8; this reports it as a
+/// ValueError at `path` instead.
+pub fn entries<'a>(array: &'a ZendHashTable, path: &Path) -> Result<Vec<(EntryKey, &'a Zval)>, ClientError> {
+    let mut iter = array.iter();
+    let mut out = Vec::with_capacity(array.len());
+    while let Some((key, value)) = iter.next_zval() {
+        let key = match key.long() {
+            Some(index) => EntryKey::Index(index),
+            None => EntryKey::Name(key.str().ok_or_else(|| path.error("has a key that is not valid UTF-8"))?.to_owned()),
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 /// Converts a PHP array to a JSON object (as command parameters must be): `[]` is `{}`.
 pub fn to_json_object(array: &ZendHashTable, path: &Path) -> Result<Value, ClientError> {
-    if !array.is_empty() && array.has_sequential_keys() {
+    let entries = entries(array, path)?;
+    if !entries.is_empty() && is_list(&entries) {
         return Err(path.error("must be an array with string keys (a JSON object), not a list"));
     }
-    Ok(Value::Object(map_to_json(array, path, 0)?))
+    Ok(Value::Object(map_to_json(entries, path, 0)?))
+}
+
+/// Whether the keys are 0, 1, 2, ... in order: a JSON array rather than an object.
+fn is_list(entries: &[(EntryKey, &Zval)]) -> bool {
+    entries.iter().enumerate().all(|(position, (key, _))| matches!(key, EntryKey::Index(index) if *index as usize == position))
 }
 
 fn to_json_at(value: &Zval, path: &Path, depth: usize) -> Result<Value, ClientError> {
@@ -107,10 +144,11 @@ fn to_json_at(value: &Zval, path: &Path, depth: usize) -> Result<Value, ClientEr
             .map(|s| Value::String(s.to_owned()))
             .ok_or_else(|| path.error("is not valid UTF-8 (JSON strings are Unicode text)"))
     } else if let Some(array) = value.array() {
-        if array.has_sequential_keys() {
-            list_to_json(array, path, depth)
+        let entries = entries(array, path)?;
+        if is_list(&entries) {
+            list_to_json(entries, path, depth)
         } else {
-            map_to_json(array, path, depth).map(Value::Object)
+            map_to_json(entries, path, depth).map(Value::Object)
         }
     } else if let Some(object) = value.object() {
         let serializable = ClassEntry::try_find("JsonSerializable").is_some_and(|ce| object.instance_of(ce));
@@ -121,7 +159,7 @@ fn to_json_at(value: &Zval, path: &Path, depth: usize) -> Result<Value, ClientEr
             to_json_at(&serialized, path, depth + 1)
         } else if object.get_class_name().is_ok_and(|name| name == "stdClass") {
             let properties = object.get_properties().map_err(|e| path.error(&e.to_string()))?;
-            map_to_json(properties, path, depth).map(Value::Object)
+            map_to_json(entries(properties, path)?, path, depth).map(Value::Object)
         } else {
             let class = object.get_class_name().unwrap_or_default();
             Err(path.type_error(&format!(
@@ -158,28 +196,23 @@ pub fn php_type_name(value: &Zval) -> String {
     name.to_owned()
 }
 
-fn list_to_json(array: &ZendHashTable, path: &Path, depth: usize) -> Result<Value, ClientError> {
-    array
-        .values()
+fn list_to_json(entries: Vec<(EntryKey, &Zval)>, path: &Path, depth: usize) -> Result<Value, ClientError> {
+    entries
+        .into_iter()
         .enumerate()
-        .map(|(index, item)| to_json_at(item, &path.key(&JsonKey::Index(index as i64)), depth + 1))
+        .map(|(index, (_, item))| to_json_at(item, &path.key(&JsonKey::Index(index as i64)), depth + 1))
         .collect::<Result<Vec<_>, _>>()
         .map(Value::Array)
 }
 
-fn map_to_json(array: &ZendHashTable, path: &Path, depth: usize) -> Result<Map<String, Value>, ClientError> {
+fn map_to_json(entries: Vec<(EntryKey, &Zval)>, path: &Path, depth: usize) -> Result<Map<String, Value>, ClientError> {
     let mut map = Map::new();
-    for (key, item) in array.iter() {
-        let (name, key) = match &key {
-            ArrayKey::Long(index) => (index.to_string(), JsonKey::Index(*index)),
-            ArrayKey::String(name) => (name.clone(), JsonKey::Name(name)),
-            ArrayKey::Str(name) => ((*name).to_owned(), JsonKey::Name(name)),
-            ArrayKey::ZendString(name) => {
-                let name = name.as_str().map_err(|_| path.error("has a key that is not valid UTF-8"))?;
-                (name.to_owned(), JsonKey::Name(name))
-            }
+    for (key, item) in entries {
+        let item = to_json_at(item, &path.key(&key.json_key()), depth + 1)?;
+        let name = match key {
+            EntryKey::Index(index) => index.to_string(),
+            EntryKey::Name(name) => name,
         };
-        let item = to_json_at(item, &path.key(&key), depth + 1)?;
         map.insert(name, item);
     }
     Ok(map)
