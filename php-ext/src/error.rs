@@ -72,11 +72,24 @@ fn describe_released(released: &Released) -> String {
     }
 }
 
-/// `'a'` or `['a', 'b']`, for messages.
+/// `'a'` or `['a', 'b']`, for messages; a long key or list is shortened with `…`, so a
+/// huge argument does not make a huge message.
 pub fn quote_keys(keys: &[String]) -> String {
+    const KEY_CHARS: usize = 200;
+    const LISTED: usize = 8;
+    let quote = |key: &String| match key.char_indices().nth(KEY_CHARS) {
+        Some((cut, _)) => format!("'{}…'", &key[..cut]),
+        None => format!("'{key}'"),
+    };
     match keys {
-        [one] => format!("'{one}'"),
-        many => format!("[{}]", many.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")),
+        [one] => quote(one),
+        many => {
+            let mut listed: Vec<String> = many.iter().take(LISTED).map(quote).collect();
+            if many.len() > LISTED {
+                listed.push(format!("… {} more", many.len() - LISTED));
+            }
+            format!("[{}]", listed.join(", "))
+        }
     }
 }
 
@@ -135,6 +148,16 @@ fn server_exception(code: ErrorCode, message: String) -> PhpException {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_keys_are_short_whatever_the_argument() {
+        assert_eq!(quote_keys(&["a".into()]), "'a'");
+        assert_eq!(quote_keys(&["a".into(), "b".into()]), "['a', 'b']");
+        let long = quote_keys(&["k".repeat(100_000)]);
+        assert!(long.len() < 250 && long.ends_with("…'"), "{long}");
+        let many: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert!(quote_keys(&many).ends_with("… 12 more]"));
+    }
+
     use super::*;
 
     #[test]
