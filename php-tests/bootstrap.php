@@ -2,7 +2,8 @@
 
 // PHPUnit bootstrap: Composer is not available on the test machines, so register the PSR-4
 // autoloading composer.json declares (PkLock\ => src/) plus the test helpers
-// (PkLock\Tests\ => php-tests/), and check that pklock.so is loaded.
+// (PkLock\Tests\ => php-tests/), load the bridged libraries, and check that pklock.so is
+// loaded.
 
 declare(strict_types=1);
 
@@ -18,6 +19,12 @@ spl_autoload_register(static function (string $class): void {
         }
     }
 });
+
+// The libraries the bridges are tested against, from Debian's php-symfony-lock and
+// php-malkusch-lock (their own autoloaders, as Composer is not there).
+foreach (['/usr/share/php/Symfony/Component/Lock/autoload.php', '/usr/share/php/Malkusch/Lock/autoload.php'] as $autoload) {
+    require_once $autoload;
+}
 
 if (!extension_loaded('pklock')) {
     fwrite(STDERR, "pklock.so is not loaded: run with php -d extension=/path/to/pklock.so (make test-php does)\n");

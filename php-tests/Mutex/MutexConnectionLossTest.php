@@ -10,13 +10,9 @@ declare(strict_types=1);
 namespace PkLock\Tests\Mutex;
 
 use malkusch\lock\exception\LockReleaseException;
-use malkusch\lock\mutex\LockMutex;
 use PkLock\Mutex\PkLockMutex;
 use PkLock\Tests\PkLockTestCase;
 
-if (!class_exists(LockMutex::class)) {
-    require_once '/usr/share/php/Malkusch/Lock/autoload.php';
-}
 
 final class MutexConnectionLossTest extends PkLockTestCase
 {

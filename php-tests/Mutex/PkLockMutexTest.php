@@ -18,9 +18,6 @@ use PkLock\Tests\PhpChild;
 use PkLock\Tests\PkLockTestCase;
 use RuntimeException;
 
-if (!class_exists(LockMutex::class)) {
-    require_once '/usr/share/php/Malkusch/Lock/autoload.php';
-}
 
 final class PkLockMutexTest extends PkLockTestCase
 {

@@ -14,9 +14,6 @@ use PkLock\Tests\PkLockTestCase;
 use Symfony\Component\Lock\LockFactory;
 use Throwable;
 
-if (!class_exists(LockFactory::class)) {
-    require_once '/usr/share/php/Symfony/Component/Lock/autoload.php';
-}
 
 abstract class SymfonyTestCase extends PkLockTestCase
 {
