@@ -267,10 +267,6 @@ impl<W> LockTable<W> {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Asks for `req.keys` in `req.mode`. `waiter` is called only if the request queues.
     /// Grants that the request makes possible for others (a downgrade lets shared
     /// waiters in) are appended to `woken`. A wait too long to represent as a deadline
@@ -493,7 +489,8 @@ impl<W> LockTable<W> {
     }
 
     /// The token of `owner`'s lock on `key`, if it holds one.
-    pub fn token_of(&self, owner: Owner, key: &str) -> Option<u64> {
+    #[cfg(test)]
+    fn token_of(&self, owner: Owner, key: &str) -> Option<u64> {
         self.keys.get(key)?.holders.iter().find(|h| h.owner == owner && !h.lingering).map(|h| h.token)
     }
 

@@ -20,7 +20,8 @@ struct PkLockServerProbe {
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: LockParams = parse_params(raw)?;
-    let style = match raw.map(|r| serde_json::from_str::<PkLockServerProbe>(r.get())) {
+    // The second parse only when the text could hold the old spelling (hot path).
+    let style = match raw.filter(|r| r.get().contains("\"lockName\"")).map(|r| serde_json::from_str::<PkLockServerProbe>(r.get())) {
         Some(Ok(PkLockServerProbe { lock_name: Some(_) })) => ReplyStyle::PkLockServer,
         _ => ReplyStyle::Native,
     };
