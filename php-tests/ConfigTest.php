@@ -1,14 +1,12 @@
 <?php
 
-// Configuration and introspection: INI defaults, the auth_key and timeout options, server
-// limits as their own exceptions, and the phpinfo() section.
+// Configuration and introspection: INI defaults, the timeout options, server limits as their
+// own exceptions, and the phpinfo() section (auth_key: AuthTest).
 
 declare(strict_types=1);
 
 namespace PkLock\Tests;
 
-use PkLock\Testing\LockdServer;
-use PkLockAuthException;
 use PkLockClient;
 use PkLockConnectionException;
 use PkLockTooManyLocksException;
@@ -41,41 +39,6 @@ final class ConfigTest extends PkLockTestCase
 
         $this->expectException(PkLockTooManyLocksException::class);
         $client->lock($this->key('3'));
-    }
-
-    public function testAuthKeyOptionIsSentInHello(): void
-    {
-        $guarded = LockdServer::start(['--auth-key', 's3cret']);
-        try {
-            $withKey = new PkLockClient($guarded->host(), $guarded->port(), ['auth_key' => 's3cret']);
-            $this->assertTrue($withKey->lock($this->key(), 0));
-            $withKey->close();
-
-            $this->expectException(PkLockAuthException::class);
-            (new PkLockClient($guarded->host(), $guarded->port(), ['auth_key' => 'wrong']))->rpc('ping');
-        } finally {
-            $guarded->stop();
-        }
-    }
-
-    public function testAnObjectWithoutTheKeyDoesNotRideOnAnotherObjectsConnection(): void
-    {
-        $guarded = LockdServer::start(['--auth-key', 's3cret']);
-        try {
-            $withKey = new PkLockClient($guarded->host(), $guarded->port(), ['auth_key' => 's3cret']);
-            $this->assertTrue($withKey->lock($this->key(), 0), 'connected and authenticated');
-            foreach ([[], ['auth_key' => 'wrong']] as $options) {
-                try {
-                    (new PkLockClient($guarded->host(), $guarded->port(), $options))->lock($this->key('other'), 0);
-                    $this->fail('refused: ' . json_encode($options));
-                } catch (PkLockAuthException $e) {
-                    $this->assertStringContainsString('auth', $e->getMessage());
-                }
-            }
-            $this->assertTrue($withKey->unlock($this->key()), 'the authenticated connection is unharmed');
-        } finally {
-            $guarded->stop();
-        }
     }
 
     public function testAServerThatDoesNotAnswerIsAConnectionErrorAfterTheIoTimeout(): void

@@ -1,6 +1,6 @@
 <?php
 
-// PkLockClient in one process: lock/unlock, try-lock, waits that run out, tokens, modes,
+// PkLockClient in one process: lock/unlock, try-lock, waits that run out, tokens, isHeld(), modes,
 // several keys, objects as separate owners, release on destruct, synchronized(), and the
 // connection-state methods.
 
@@ -77,6 +77,36 @@ final class LockTest extends PkLockTestCase
         $this->assertGreaterThan($second, $relocked, 're-locking a held key gives a new token');
         $client->unlock($key);
         $this->assertNull($client->token($key));
+    }
+
+    public function testIsHeldAsksTheServerAboutThisObjectsOwnLocks(): void
+    {
+        $key = $this->key();
+        $client = $this->client();
+        $other = $this->client();
+
+        $this->assertFalse($client->isHeld($key), 'nothing taken yet');
+        $client->lock($key);
+        $this->assertTrue($client->isHeld($key));
+        $this->assertFalse($other->isHeld($key), 'held, but by another object');
+        $this->assertTrue($other->lock($this->key('shared'), 0, shared: true));
+        $this->assertTrue($client->lock($this->key('shared'), 0, shared: true));
+        $this->assertTrue($other->isHeld($this->key('shared')) && $client->isHeld($this->key('shared')));
+        $client->unlock($key);
+        $this->assertFalse($client->isHeld($key));
+    }
+
+    public function testIsHeldBelievesTheServerNotWhatTheObjectRemembers(): void
+    {
+        $key = $this->key();
+        $client = $this->client();
+        $client->lock($key);
+        // Release it behind the object's back: rpc() on the same connection, as its owner.
+        $owner = $this->lockInfo($key)['holders'][0]['owner'];
+        $this->client()->rpc('unlock', ['keys' => $key, 'owner' => $owner]);
+
+        $this->assertFalse($client->isHeld($key));
+        $this->assertNull($client->token($key), 'no token handed out for a lock the server says is gone');
     }
 
     public function testSharedLocksCoexistAndExcludeExclusive(): void

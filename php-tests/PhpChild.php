@@ -20,10 +20,18 @@ final class PhpChild
     private string $buffer = '';
     private string $stderrFile;
 
-    private function __construct(string $code)
+    /**
+     * @param list<string> $arguments what follows PHP's options: `-r CODE` or `SCRIPT ARGS...`
+     * @param array<string, string> $ini extra php.ini settings
+     */
+    private function __construct(array $arguments, array $ini)
     {
         $this->stderrFile = tempnam(sys_get_temp_dir(), 'pklock-child-');
-        $command = [PHP_BINARY, '-d', 'extension=' . self::extensionPath(), '-d', 'display_errors=stderr', '-r', $code];
+        $command = [PHP_BINARY, '-d', 'extension=' . self::extensionPath(), '-d', 'display_errors=stderr'];
+        foreach ($ini as $name => $value) {
+            array_push($command, '-d', "{$name}={$value}");
+        }
+        $command = array_merge($command, $arguments);
         $descriptors = [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['file', $this->stderrFile, 'w']];
         $process = proc_open($command, $descriptors, $pipes);
         if ($process === false) {
@@ -33,10 +41,20 @@ final class PhpChild
         $this->stdout = $pipes[1];
     }
 
-    /** Runs `$code` (PHP without `<?php`) in a new PHP process. */
-    public static function start(string $code): self
+    /**
+     * Runs `$code` (PHP without `<?php`) in a new PHP process.
+     *
+     * @param array<string, string> $ini extra php.ini settings, e.g. ['pklock.auth_key' => 'k']
+     */
+    public static function start(string $code, array $ini = []): self
     {
-        return new self($code);
+        return new self(['-r', $code], $ini);
+    }
+
+    /** Runs the PHP file `$script` with `$args` in a new PHP process. */
+    public static function script(string $script, string ...$args): self
+    {
+        return new self(array_merge([$script], $args), []);
     }
 
     /**

@@ -41,6 +41,15 @@ abstract class PkLockTestCase extends TestCase
         return new PkLockClient(self::$server->host(), self::$server->port(), $options);
     }
 
+    /** A loopback port nothing listens on (now). */
+    protected function closedPort(): int
+    {
+        $probe = stream_socket_server('tcp://127.0.0.1:0');
+        $name = stream_socket_get_name($probe, false);
+        fclose($probe);
+        return (int) substr($name, strrpos($name, ':') + 1);
+    }
+
     /** A key no other test uses. */
     protected function key(string $name = 'k'): string
     {

@@ -118,6 +118,7 @@ final class RpcTest extends PkLockTestCase
         $this->assertSame($owner, $holder['owner'], 'PHP_INT_MAX survives as an int');
         $this->assertSame($granted['token'], $holder['token']);
         $this->assertIsFloat($holder['held_for']);
+        $this->assertStringEndsWith(' pid ' . getmypid(), $holder['client'], 'pklock.so names this process in hello');
         $this->assertSame([], $byKey[$keys[0]]['waiters'], 'an empty list comes back as []');
         $this->assertFalse($listed['truncated']);
 

@@ -1,10 +1,8 @@
 <?php
 
-// Keeps php-ext/pklock.stub.php honest: the classes, parents, methods and parameter lists it
-// declares are those of the loaded extension (compared through Reflection, the stub being
-// loaded in a PHP process without the extension). The exception classes' constructors are
-// left out: ext-php-rs 0.16 gives every Rust class a constructor of its own, which for these
-// only says they cannot be instantiated from PHP (the stub leaves Exception's in view).
+// Keeps php-ext/pklock.stub.php honest: the classes, parents, constants, methods and parameter
+// lists it declares are those of the loaded extension (compared through Reflection, the stub
+// being loaded in a PHP process without the extension).
 
 declare(strict_types=1);
 
@@ -44,8 +42,7 @@ final class StubTest extends TestCase
                 $reflection = new ReflectionClass($class);
                 $methods = [];
                 foreach ($reflection->getMethods() as $method) {
-                    $exceptionConstructor = $method->isConstructor() && $reflection->isSubclassOf(Throwable::class);
-                    if ($method->getDeclaringClass()->getName() !== $class || $exceptionConstructor) {
+                    if ($method->getDeclaringClass()->getName() !== $class) {
                         continue;
                     }
                     $methods[$method->getName()] = [
@@ -62,7 +59,14 @@ final class StubTest extends TestCase
                     ];
                 }
                 ksort($methods);
-                $described[$class] = ['parent' => get_parent_class($class), 'methods' => $methods];
+                $constants = [];
+                foreach ($reflection->getReflectionConstants() as $constant) {
+                    if ($constant->getDeclaringClass()->getName() === $class) {
+                        $constants[$constant->getName()] = $constant->getValue();
+                    }
+                }
+                ksort($constants);
+                $described[$class] = ['parent' => get_parent_class($class), 'constants' => $constants, 'methods' => $methods];
             }
             return $described;
         }

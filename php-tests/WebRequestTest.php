@@ -25,11 +25,11 @@ final class WebRequestTest extends PkLockTestCase
         self::$webPort = (int) substr($name, strrpos($name, ':') + 1);
         $command = [
             PHP_BINARY, '-d', 'extension=' . PhpChild::extensionPath(), '-d', 'display_errors=1',
+            '-d', 'pklock.default_port=' . self::$server->port(),
             '-S', '127.0.0.1:' . self::$webPort, __DIR__ . '/fixtures/web.php',
         ];
-        $env = ['PKLOCK_TEST_PORT' => (string) self::$server->port()] + getenv();
         $descriptors = [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']];
-        self::$webServer = proc_open($command, $descriptors, $pipes, null, $env);
+        self::$webServer = proc_open($command, $descriptors, $pipes);
         $deadline = microtime(true) + self::READY_TIMEOUT_SECONDS;
         while (@stream_socket_client('tcp://127.0.0.1:' . self::$webPort, $errno, $error, 0.2) === false) {
             if (microtime(true) > $deadline) {

@@ -1,8 +1,9 @@
 <?php
 
-// Shared by the PHP comparison benchmarks (pairs.php, handoff.php, death.php): where the
-// servers are (environment variables that bench/php/run sets), how each peer takes and
-// releases a lock, child PHP processes talking over pipes, percentiles and result lines.
+// Shared by the PHP comparison benchmarks (pairs.php, handoff.php, death.php,
+// node-loss.php): where the servers are (environment variables that bench/php/run and
+// bench/cluster/run set), how each peer takes and releases a lock, child PHP processes
+// talking over pipes, percentiles and result lines.
 
 declare(strict_types=1);
 
@@ -21,15 +22,17 @@ interface Locker
     public function release(string $key): void;
 }
 
-/** pklock.so: the server queues waiters and grants in FIFO order; unlock() does not wait. */
+/**
+ * pklock.so: the server queues waiters and grants in FIFO order; unlock() does not wait.
+ * PKLOCK_BENCH_LOCKD is one lockd's host:port or a cluster's node list.
+ */
 final class PkLockLocker implements Locker
 {
     public readonly PkLockClient $client;
 
     public function __construct()
     {
-        [$host, $port] = address('PKLOCK_BENCH_LOCKD');
-        $this->client = new PkLockClient($host, $port);
+        $this->client = new PkLockClient(env('PKLOCK_BENCH_LOCKD'));
     }
 
     public function acquire(string $key): void
@@ -182,6 +185,54 @@ final class SymfonyRedisLocker implements Locker
 }
 
 /**
+ * etcd's own lock API (v3lock Lock/Unlock, what `etcdctl lock` uses) through etcd's JSON
+ * gateway, with php-curl keeping one connection open to one member of PKLOCK_BENCH_ETCD
+ * (picked at random, as pklock.so picks a node). Like a lockd session, one lease per
+ * process holds its locks; its TTL outlasts any run, so it is never kept alive. The etcd
+ * member queues waiters (each waits for the deletion of the key ahead of it).
+ */
+final class EtcdLocker implements Locker
+{
+    private const LEASE_TTL_SECONDS = 3600;
+
+    private CurlHandle $curl;
+    private string $url;
+    private string $lease;
+    /** @var array<string, string> key => base64 ownership key that Unlock takes */
+    private array $owners = [];
+
+    public function __construct()
+    {
+        $members = explode(',', env('PKLOCK_BENCH_ETCD'));
+        $this->url = 'http://' . $members[random_int(0, count($members) - 1)];
+        $this->curl = curl_init();
+        curl_setopt_array($this->curl, [CURLOPT_POST => true, CURLOPT_RETURNTRANSFER => true, CURLOPT_TCP_NODELAY => true]);
+        $this->lease = $this->call('/v3/lease/grant', ['TTL' => self::LEASE_TTL_SECONDS])['ID'];
+    }
+
+    public function acquire(string $key): void
+    {
+        $this->owners[$key] = $this->call('/v3/lock/lock', ['name' => base64_encode($key), 'lease' => $this->lease])['key'];
+    }
+
+    public function release(string $key): void
+    {
+        $this->call('/v3/lock/unlock', ['key' => $this->owners[$key]]);
+        unset($this->owners[$key]);
+    }
+
+    private function call(string $path, array $body): array
+    {
+        curl_setopt_array($this->curl, [CURLOPT_URL => $this->url . $path, CURLOPT_POSTFIELDS => json_encode($body)]);
+        $reply = curl_exec($this->curl);
+        if ($reply === false || curl_getinfo($this->curl, CURLINFO_RESPONSE_CODE) !== 200) {
+            throw new RuntimeException("etcd $path: " . ($reply === false ? curl_error($this->curl) : $reply));
+        }
+        return json_decode($reply, true, flags: JSON_THROW_ON_ERROR);
+    }
+}
+
+/**
  * The locker called $peer. $ttlMs is the TTL the TTL-bound peers give a lock (memcached
  * rounds it up to whole seconds); their waiters poll every millisecond.
  */
@@ -194,6 +245,7 @@ function locker(string $peer, int $ttlMs = 30000): Locker
         'postgres' => new PostgresLocker(),
         'flock' => new FlockLocker(),
         'symfony-redis' => new SymfonyRedisLocker($ttlMs / 1000),
+        'etcd' => new EtcdLocker(),
         default => throw new InvalidArgumentException("unknown peer $peer"),
     };
 }

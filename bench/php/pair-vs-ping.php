@@ -9,7 +9,7 @@
 
 declare(strict_types=1);
 
-require_once dirname(__DIR__, 2) . '/src/Testing/LockdServer.php';
+require_once dirname(__DIR__, 2) . '/php-lib/src/Testing/LockdServer.php';
 
 use PkLock\Testing\LockdServer;
 

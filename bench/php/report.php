@@ -1,7 +1,8 @@
 <?php
 
 // Prints the PHP comparison's tables (BENCHMARKS.md) and its targets, met or missed, from
-// the JSON lines pairs.php, handoff.php and death.php wrote. Ratios of pairs/s are also
+// the JSON lines pairs.php, handoff.php and death.php wrote (or, for the cluster benchmarks
+// of bench/cluster/run, pairs.php against etcd and node-loss.php). Ratios of pairs/s are also
 // given per round (min–max), which shows how noisy the run was.
 //
 //   php bench/php/report.php bench/results/php.jsonl
@@ -58,7 +59,11 @@ $pings = array_map(fn ($case) => find('pairs', 'pklock', 'pings_per_sec', $case)
 echo "| pklock rpc('ping'), round trips/s | ", implode(' | ', array_map(fn ($r) => $r === null ? '' : number($r['value']), $pings)), str_repeat(' | ', count($cases)), " |\n";
 $ping = $pings[0] ?? null;
 
-foreach (['handoff' => 'handoff: release → waiter granted', 'death' => 'holder killed → waiter granted'] as $part => $title) {
+$titles = ['handoff' => 'handoff: release → waiter granted', 'death' => 'holder killed → waiter granted', 'node-loss' => 'lockd cluster, node loss'];
+foreach ($titles as $part => $title) {
+    if (array_filter($records, fn ($r) => $r['part'] === $part) === []) {
+        continue;
+    }
     echo "\n| $title | p50 | p99 | samples |\n|---|---:|---:|---:|\n";
     foreach ($records as $r) {
         if ($r['part'] === $part && str_ends_with($r['metric'], '_p50')) {
@@ -66,6 +71,7 @@ foreach (['handoff' => 'handoff: release → waiter granted', 'death' => 'holder
             $label = match (true) {
                 $r['metric'] === 'ping_p50' => "{$r['peer']} rpc('ping'), just before each handoff",
                 $r['peer'] === 'teardown' => 'a PHP process holding nothing: SIGKILL → reaped (the floor)',
+                $part === 'node-loss' => $r['case'],
                 ($r['ttl_ms'] ?? 0) > 0 => "{$r['peer']} (expires: TTL {$r['ttl_ms']} ms)",
                 default => $r['peer'],
             };
@@ -87,6 +93,16 @@ foreach ([['redis', 1.7], ['memcached', 1.0], ['postgres', 1.0]] as [$peer, $min
     if (($r = ratio($one('pklock'), $one($peer))) !== null) {
         $targets[] = ["1 process: pairs/s ≥ {$min}× $peer", $r, $one('pklock')['value'] >= $min * $one($peer)['value']];
     }
+}
+if (($r = ratio($many('pklock'), $many('etcd'))) !== null) {
+    $targets[] = ["{$cases[count($cases) - 1]}: pairs/s of a lockd cluster ≥ 3× etcd's lock API", $r, $many('pklock')['value'] >= 3 * $many('etcd')['value']];
+}
+if (($resume = find('node-loss', 'pklock', 'resume_p50')) !== null) {
+    $targets[] = ["holder's node killed → holder served again, median ≤ 1 s", sprintf('%.0f ms', $resume['value'] / 1e3), $resume['value'] <= 1e6];
+}
+if (($release = find('node-loss', 'pklock', 'release_p50')) !== null) {
+    $limit = $release['ttl_ms'] * 1e3 + 1e6;
+    $targets[] = ['dead node → its sessions released, median ≤ TTL + 1 s', sprintf('%.2f s (TTL %.0f s)', $release['value'] / 1e6, $release['ttl_ms'] / 1e3), $release['value'] <= $limit];
 }
 if (count($cases) > 1 && ($r = ratio($many('pklock'), $many('redis'))) !== null) {
     $targets[] = ["{$cases[count($cases) - 1]}: pairs/s ≥ 1.5× redis", $r, $many('pklock')['value'] >= 1.5 * $many('redis')['value']];

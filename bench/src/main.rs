@@ -1,9 +1,10 @@
 //! `lockd-bench`: the load generator. Drives lockd, and redis-server doing the usual Redis
-//! lock recipe with the same workload, and prints one JSON line per measured number;
-//! `report` turns those lines into the tables of BENCHMARKS.md. `bench/run` starts the
-//! servers and runs everything; see BENCHMARKS.md.
+//! lock recipe with the same workload (or, for a lockd cluster, etcd's own lock API), and
+//! prints one JSON line per measured number; `report` turns those lines into the tables of
+//! BENCHMARKS.md. `bench/run` starts the servers and runs everything; see BENCHMARKS.md.
 
 mod client;
+mod etcd;
 mod latency;
 mod memory;
 mod pairs;
@@ -29,27 +30,41 @@ use crate::pairs::KeyChoice;
     long_about = "Load generator for lockd. Every measuring command runs against lockd (--lockd) and, \
 when --redis is given, against redis-server doing the usual Redis lock recipe (SET key token NX PX ttl, \
 released by a compare-and-delete Lua script), so the two are compared in one run.\n\n\
+A lockd cluster (--lockd with several nodes) is compared with etcd's lock API (--etcd) on the \
+etcd cluster it runs on.\n\n\
 Each number is printed on stdout as one JSON line; `lockd-bench report FILE` prints them as a \
-table. Progress goes to stderr. bench/run starts both servers on loopback and runs everything.",
-    after_help = "Example:\n  lockd-bench --lockd 127.0.0.1:11300 --redis 127.0.0.1:6379 pairs --connections 64 --keys hot"
+table. Progress goes to stderr. bench/run starts the servers on loopback and runs everything.",
+    after_help = "Examples:\n  lockd-bench --lockd 127.0.0.1:11300 --redis 127.0.0.1:6379 pairs --connections 64 --keys hot\n  \
+lockd-bench --lockd 127.0.0.1:11301,127.0.0.1:11302 --etcd 127.0.0.1:2379 latency"
 )]
 struct Cli {
-    /// lockd's address.
-    #[arg(long, value_name = "ADDR", global = true)]
-    lockd: Option<SocketAddr>,
+    /// lockd's address, or the addresses of a cluster's nodes (comma-separated):
+    /// connections are spread over the nodes in turn.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', global = true)]
+    lockd: Vec<SocketAddr>,
 
     /// redis-server's address; without it only lockd is measured.
     #[arg(long, value_name = "ADDR", global = true)]
     redis: Option<SocketAddr>,
 
+    /// etcd's client addresses (HOST:PORT, comma-separated), to measure its lock API
+    /// (Lock/Unlock, what `etcdctl lock` uses); connections are spread over the members.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', global = true)]
+    etcd: Vec<String>,
+
     /// lockd's process id: `pairs` then also reports the server CPU time per pair, read
     /// from /proc (needs the same machine). A steadier number than pairs/s on a busy host.
-    #[arg(long, value_name = "PID", global = true)]
-    lockd_pid: Option<u32>,
+    /// Several (comma-separated) are summed: for a cluster, its nodes and etcd members.
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', global = true)]
+    lockd_pid: Vec<u32>,
 
     /// redis-server's process id, for the same.
-    #[arg(long, value_name = "PID", global = true)]
-    redis_pid: Option<u32>,
+    #[arg(long, value_name = "PID", value_delimiter = ',', global = true)]
+    redis_pid: Vec<u32>,
+
+    /// etcd's process ids, for the same.
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', global = true)]
+    etcd_pid: Vec<u32>,
 
     /// TTL of Redis locks, in milliseconds. Also how long a dead holder's Redis lock
     /// blocks its waiters.
@@ -130,16 +145,21 @@ fn main() -> Result<()> {
     }
     let redis_ttl = Duration::from_millis(cli.redis_ttl_ms);
     let retry_delay = Duration::from_millis(cli.retry_delay_ms);
-    let servers: Vec<(Server, Option<u32>)> = cli
-        .lockd
-        .map(|a| (Server::Lockd(a), cli.lockd_pid))
-        .into_iter()
-        .chain(cli.redis.map(|a| (Server::Redis(a), cli.redis_pid)))
-        .collect();
-    if servers.is_empty() {
-        anyhow::bail!("nothing to measure: give --lockd ADDR and/or --redis ADDR");
+    let mut servers: Vec<(Server, Vec<u32>)> = Vec::new();
+    if !cli.lockd.is_empty() {
+        servers.push((Server::Lockd(cli.lockd.clone()), cli.lockd_pid.clone()));
     }
-    for (server, pid) in servers {
+    if let Some(addr) = cli.redis {
+        servers.push((Server::Redis(addr), cli.redis_pid.clone()));
+    }
+    if !cli.etcd.is_empty() {
+        let urls = cli.etcd.iter().map(|a| format!("http://{a}")).collect();
+        servers.push((Server::Etcd(urls), cli.etcd_pid.clone()));
+    }
+    if servers.is_empty() {
+        anyhow::bail!("nothing to measure: give --lockd ADDR, --redis ADDR and/or --etcd ADDR");
+    }
+    for (server, pids) in &servers {
         match &cli.command {
             Command::Pairs { connections, keys, warmup, seconds, hold } => {
                 let opts = pairs::Options {
@@ -148,7 +168,7 @@ fn main() -> Result<()> {
                     warmup: Duration::from_secs_f64(*warmup),
                     duration: Duration::from_secs_f64(*seconds),
                     hold: *hold,
-                    server_pid: pid,
+                    server_pids: pids.clone(),
                     redis_ttl,
                     retry_delay,
                 };

@@ -14,14 +14,14 @@ use crate::report::{Better, Record};
 /// Connections that share the work of taking the locks (and hold them).
 const LOCKING_CONNECTIONS: usize = 8;
 
-pub fn locks(server: Server, n: usize) -> Result<()> {
+pub fn locks(server: &Server, n: usize) -> Result<()> {
     let ttl = Duration::from_secs(3600);
-    let mut control = server.locker(ttl, Duration::ZERO)?;
+    let mut control = server.locker(0, ttl, Duration::ZERO)?;
     let (before, _) = control.memory_and_clients()?;
     let mut holders = Vec::new();
     for c in 0..LOCKING_CONNECTIONS {
         let keys: Vec<String> = (c..n).step_by(LOCKING_CONNECTIONS).map(|i| format!("user:{i}:checkout")).collect();
-        let mut holder = server.locker(ttl, Duration::ZERO)?;
+        let mut holder = server.locker(c, ttl, Duration::ZERO)?;
         holders.push(std::thread::spawn(move || -> Result<Box<dyn Locker>> {
             holder.lock_many(&keys)?;
             Ok(holder)
@@ -36,15 +36,15 @@ pub fn locks(server: Server, n: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn connections(server: Server, n: usize) -> Result<()> {
+pub fn connections(server: &Server, n: usize) -> Result<()> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising the open file limit")?;
-    let mut control = server.locker(Duration::from_secs(60), Duration::ZERO)?;
+    let mut control = server.locker(0, Duration::from_secs(60), Duration::ZERO)?;
     let (before, clients_before) = control.memory_and_clients()?;
     let mut idle = Vec::with_capacity(n);
     for i in 0..n {
         // A ping makes sure the server has set the connection up, as a client's first
         // request would.
-        let mut conn = server.locker(Duration::from_secs(60), Duration::ZERO).with_context(|| format!("opening connection {}", i + 1))?;
+        let mut conn = server.locker(i, Duration::from_secs(60), Duration::ZERO).with_context(|| format!("opening connection {}", i + 1))?;
         conn.ping()?;
         idle.push(conn);
     }

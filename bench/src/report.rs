@@ -1,6 +1,6 @@
 //! Results: every measurement is one JSON line on stdout (a [`Record`]); `report` reads
-//! such lines back and prints a markdown table with lockd and redis side by side, the
-//! issue's targets checked against them (as information: nothing here ever fails on a
+//! such lines back and prints a markdown table with lockd and its peer side by side (redis,
+//! or etcd's lock API for a lockd cluster), the targets checked against them (as information: nothing here ever fails on a
 //! time), and the criterion table-size comparison when its results are present.
 
 use std::collections::BTreeMap;
@@ -58,6 +58,10 @@ impl Samples {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `q` quantile (0..=1) in microseconds; 0 without samples.
     pub fn quantile_us(&mut self, q: f64) -> f64 {
         if self.0.is_empty() {
@@ -94,25 +98,31 @@ pub fn print(results: &Path, criterion: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The server lockd is compared with in these records: etcd for a cluster, else redis.
+fn peer(records: &[Record]) -> &str {
+    records.iter().map(|r| r.server.as_str()).find(|&s| s != "lockd").unwrap_or("redis")
+}
+
 /// One row per (metric, case), in the order first measured.
 fn table(records: &[Record]) -> String {
+    let peer = peer(records);
     let mut rows: Vec<(&str, &str, &str, Better)> = Vec::new();
     for r in records {
         if !rows.iter().any(|(m, c, _, _)| *m == r.metric && *c == r.case) {
             rows.push((&r.metric, &r.case, &r.unit, r.better));
         }
     }
-    let mut out = String::from("| measurement | workload | lockd | redis | lockd better by |\n|---|---|---:|---:|---:|\n");
+    let mut out = format!("| measurement | workload | lockd | {peer} | lockd better by |\n|---|---|---:|---:|---:|\n");
     for (metric, case, unit, better) in rows {
         let lockd = find(records, "lockd", metric, case);
-        let redis = find(records, "redis", metric, case);
-        let ratio = match (lockd, redis, better) {
+        let other = find(records, peer, metric, case);
+        let ratio = match (lockd, other, better) {
             (Some(l), Some(r), Better::Higher) if r > 0.0 => format!("{:.2}×", l / r),
             (Some(l), Some(r), Better::Lower) if l > 0.0 => format!("{:.2}×", r / l),
             _ => String::new(),
         };
         let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{} {unit}", human(v)));
-        let _ = writeln!(out, "| {metric} | {case} | {} | {} | {ratio} |", show(lockd), show(redis));
+        let _ = writeln!(out, "| {metric} | {case} | {} | {} | {ratio} |", show(lockd), show(other));
     }
     out
 }
@@ -140,6 +150,19 @@ fn targets(records: &[Record]) -> String {
     let mut line = |name: &str, measured: String, met: bool| {
         let _ = writeln!(out, "| {name} | {measured} | {} |", if met { "met" } else { "**missed**" });
     };
+    if peer(records) == "etcd" {
+        for r in records.iter().filter(|r| r.server == "lockd" && r.metric == "pairs_per_sec") {
+            if let Some(etcd) = find(records, "etcd", &r.metric, &r.case) {
+                let ratio = r.value / etcd;
+                line(&format!("pairs/s ≥ 3× etcd's lock API ({})", r.case), format!("{ratio:.2}×"), ratio >= 3.0);
+            }
+        }
+        if let (Some((handoff, case)), Some((write, _))) = (first(records, "lockd", "handoff_p50"), first(records, "etcd", "write_p50")) {
+            let writes = handoff / write;
+            line(&format!("handoff median ≤ 2 etcd writes ({case})"), format!("{handoff:.0} µs = {writes:.2} × put {write:.0} µs"), writes <= 2.0);
+        }
+        return out;
+    }
     for r in records.iter().filter(|r| r.server == "lockd" && r.metric == "pairs_per_sec") {
         if let Some(redis) = find(records, "redis", &r.metric, &r.case) {
             let ratio = r.value / redis;

@@ -41,7 +41,7 @@ fn table_holding(n: usize) -> Table {
     for i in 0..n {
         let keys = [format!("invoice:{i}:pdf")];
         let who = Owner { conn: i as u64 % BACKGROUND_CONNS, handle: 0 };
-        let req = LockRequest { owner: who, keys: &keys, mode: Mode::Exclusive, wait: None };
+        let req = LockRequest { owner: who, keys: &keys, mode: Mode::Exclusive, wait: None, value: None };
         let granted = table.lock(req, now, || 0, &mut woken).expect("background lock");
         assert!(matches!(granted, Acquired::Granted { .. }));
     }
@@ -49,7 +49,7 @@ fn table_holding(n: usize) -> Table {
 }
 
 fn lock(table: &mut Table, who: Owner, keys: &[String], mode: Mode, woken: &mut Vec<Wakeup<u32>>) -> Result<Acquired, TableError> {
-    table.lock(LockRequest { owner: who, keys, mode, wait: None }, Instant::now(), || 0, woken)
+    table.lock(LockRequest { owner: who, keys, mode, wait: None, value: None }, Instant::now(), || 0, woken)
 }
 
 fn unlock(table: &mut Table, who: Owner, keys: &[String], woken: &mut Vec<Wakeup<u32>>) {

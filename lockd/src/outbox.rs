@@ -5,16 +5,37 @@
 //! task, without waking the waiter's task first (handoff latency is one hop). Bytes go
 //! out at once when nothing is queued and the socket takes them; the rest queue in order
 //! and the connection's task flushes them when the socket is writable again.
+//!
+//! The queue is bounded by what feeds it: the connection's own replies come in batches
+//! of at most `SEND_AT` bytes plus one reply, and its task reads no more requests until
+//! the queue is empty; grants come only for waits the connection started while it was
+//! still being read, each at most the size of the request's id (already held in the
+//! lock table while it waited).
 
 use std::io;
-use std::sync::Mutex;
+use parking_lot::Mutex;
+use serde_json::Value;
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+
+use crate::stream::WriteHalf;
+
+/// Where the answer to a wait goes when it ends on another task: a connection's
+/// [`Outbox`], or in cluster mode a session, which may be between connections.
+pub trait ReplySink: Send + Sync + std::fmt::Debug {
+    /// `frame` answers request `id`.
+    fn deliver(&self, id: &Value, frame: &[u8]);
+}
+
+impl ReplySink for Outbox {
+    fn deliver(&self, _id: &Value, frame: &[u8]) {
+        self.send_from_other(frame);
+    }
+}
 
 #[derive(Debug)]
 pub struct Outbox {
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     /// Bytes not written yet because the socket was full; always sent before newer ones.
     queued: Mutex<Vec<u8>>,
     /// Tells the connection's task that bytes were queued by someone else.
@@ -22,14 +43,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(socket: OwnedWriteHalf) -> Self {
+    pub fn new(socket: WriteHalf) -> Self {
         Outbox { socket, queued: Mutex::new(Vec::new()), queued_by_other: Notify::new() }
     }
 
     /// Sends `bytes` now if the socket takes them, queueing what it does not. A broken
     /// socket drops them: the connection's reader sees the break and closes.
     pub fn send(&self, bytes: &[u8]) -> SendOutcome {
-        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queued = self.queued.lock();
         if queued.is_empty() {
             match self.socket.try_write(bytes) {
                 Ok(n) if n == bytes.len() => return SendOutcome::Sent,
@@ -57,14 +78,14 @@ impl Outbox {
     }
 
     pub fn has_queued(&self) -> bool {
-        !self.queued.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        !self.queued.lock().is_empty()
     }
 
     /// Writes queued bytes until none are left.
     pub async fn flush(&self) -> io::Result<()> {
         loop {
             self.socket.writable().await?;
-            let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queued = self.queued.lock();
             if queued.is_empty() {
                 return Ok(());
             }

@@ -1,52 +1,184 @@
-//! The server: binds the listeners, admits clients (allow-list, client limit, socket
-//! options that find vanished hosts), runs the reaper that ends waits whose time ran
-//! out, and shuts down cleanly when told to.
+//! The server: fits the open-file limit to the client limit, binds the listeners, admits
+//! clients (allow-list and TLS certificate, both replaceable while running; one client
+//! limit across every listener; socket options that find vanished idle hosts), runs the
+//! reaper that ends waits whose time ran out, serves metrics when asked to, and shuts
+//! down cleanly when told to.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
+use parking_lot::RwLock;
 
 use pklock_proto::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::codec::FrameBudget;
+use crate::compat::{elock, mediawiki, Protocol};
+use crate::config::{allowed, Config, ConfigError};
 use crate::connection;
-use crate::state::{encode_error, Shared};
+use crate::reply::encode_error;
+use crate::state::State;
+use crate::telemetry::{self, Telemetry};
+use crate::tls::{self, TlsSetupError};
+use crate::tokens::TokenStoreError;
 
 /// How long shutdown waits for connections to finish releasing their locks.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Open files lockd needs besides one per client and one per listener: stdio, the
+/// runtime's epoll and wakers, the socket of a client being refused.
+const SPARE_FILES: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("--frame-buffer-budget ({budget} bytes) is below --max-frame ({max_frame} bytes): a frame that large could never be read")]
+    BudgetBelowMaxFrame { budget: usize, max_frame: usize },
+    #[error(
+        "--max-clients {max_clients} needs {needed} open files, but the hard limit (RLIMIT_NOFILE) is {hard}: \
+         lower --max-clients or raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
+    )]
+    OpenFileLimit { max_clients: usize, needed: u64, hard: u64 },
+    #[error("cannot read or raise the open-file limit: {0}")]
+    Rlimit(io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] TokenStoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("cannot start the metrics exporter: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
+/// Raises this process's open-file soft limit to fit `--max-clients` (up to the hard
+/// limit), so that a client over the limit is told `too_many_clients` instead of
+/// waiting unanswered in the backlog while accept fails. Returns the limit now in force.
+pub fn fit_open_file_limit(config: &Config) -> Result<u64, StartError> {
+    let listeners = config.listen.len() + config.elock_listen.len() + config.mediawiki_listen.len() + usize::from(config.metrics_listen.is_some());
+    let needed = (config.max_clients as u64).saturating_add(listeners as u64 + SPARE_FILES);
+    let (soft, hard) = rlimit::Resource::NOFILE.get().map_err(StartError::Rlimit)?;
+    if soft >= needed {
+        return Ok(soft);
+    }
+    if hard < needed {
+        return Err(StartError::OpenFileLimit { max_clients: config.max_clients, needed, hard });
+    }
+    rlimit::Resource::NOFILE.set(needed, hard).map_err(StartError::Rlimit)?;
+    Ok(needed)
+}
+
+/// Refuses settings lockd cannot start with; gives the TLS acceptor when TLS is on.
+pub fn validate(config: &Config) -> Result<Option<TlsAcceptor>, StartError> {
+    config.check_exposure()?;
+    let tls = config.tls.acceptor()?;
+    if config.frame_buffer_budget < config.max_frame {
+        return Err(StartError::BudgetBelowMaxFrame { budget: config.frame_buffer_budget, max_frame: config.max_frame });
+    }
+    Ok(tls)
+}
+
+/// The settings that change while lockd runs (SIGHUP), read at every accept: new
+/// connections see the new values, open ones keep going.
+pub struct Reloadable {
+    allow: RwLock<Vec<IpNet>>,
+    /// With `--tls-cert`/`--tls-key`, every native listener speaks TLS.
+    tls: RwLock<Option<TlsAcceptor>>,
+}
+
+impl Reloadable {
+    pub fn set_allow(&self, networks: Vec<IpNet>) {
+        *self.allow.write() = networks;
+    }
+
+    /// Replaces the certificate and key of a server that speaks TLS; a server started
+    /// without TLS keeps speaking plain (its clients expect it).
+    pub fn set_tls(&self, acceptor: TlsAcceptor) -> bool {
+        let mut tls = self.tls.write();
+        let on = tls.is_some();
+        if on {
+            *tls = Some(acceptor);
+        }
+        on
+    }
+
+    fn allows(&self, ip: std::net::IpAddr) -> bool {
+        allowed(&self.allow.read(), ip)
+    }
+
+    fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().clone()
+    }
+}
+
 pub struct Server {
-    listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, Protocol)>,
+    shared: Arc<State>,
+    reloadable: Arc<Reloadable>,
+    /// `--metrics-listen`.
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds every `--listen` address.
-    pub async fn bind(config: Config) -> io::Result<Server> {
+    /// Binds every listening address: `--listen`, then `--elock-listen`, then
+    /// `--mediawiki-listen`; and `--metrics-listen`, installing the metrics recorder
+    /// (process-wide: one such server per process).
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let tls = validate(&config)?;
+        let reloadable = Arc::new(Reloadable { allow: RwLock::new(config.allow.clone()), tls: RwLock::new(tls) });
+        let addrs = (config.listen.iter().map(|&a| (a, Protocol::Native)))
+            .chain(config.elock_listen.iter().map(|&a| (a, Protocol::ELock)))
+            .chain(config.mediawiki_listen.iter().map(|&a| (a, Protocol::MediaWiki)));
         let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(listener);
+        for (addr, protocol) in addrs {
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+            listeners.push((listener, protocol));
         }
-        Ok(Server { listeners, shared: Arc::new(Shared::new(config)) })
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
+            None => None,
+        };
+        let shared = Arc::new(State::new(config)?);
+        if metrics.is_some() {
+            shared.enable_telemetry(Telemetry::install()?);
+        }
+        if shared.config.cluster.enabled() {
+            let node = crate::cluster::Node::join(&shared.config.cluster, shared.config.limits(), shared.clone()).await?;
+            shared.join_cluster(node);
+        }
+        Ok(Server { listeners, shared, reloadable, metrics })
     }
 
-    /// The bound addresses (useful with port 0).
+    /// Where SIGHUP puts the settings that change without a restart.
+    pub fn reloadable(&self) -> Arc<Reloadable> {
+        self.reloadable.clone()
+    }
+
+    /// The bound addresses (useful with port 0), in the order [`bind`](Self::bind) binds them.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
 
-    pub fn shared(&self) -> Arc<Shared> {
+    /// Where metrics are served (`--metrics-listen`), as bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn shared(&self) -> Arc<State> {
         self.shared.clone()
     }
 
@@ -57,12 +189,34 @@ impl Server {
         for addr in self.local_addrs() {
             info!(%addr, "listening");
         }
-        tracker.spawn(reap_deadlines(self.shared.clone(), shutdown.clone()));
-        for listener in self.listeners {
-            tracker.spawn(accept_loop(listener, self.shared.clone(), tracker.clone(), shutdown.clone()));
+        // Connections close only after the table stopped granting: closing a holder's
+        // connection first would hand its lock to a waiter that is about to lose it too.
+        let closing = CancellationToken::new();
+        tracker.spawn(reap_deadlines(self.shared.clone(), closing.clone()));
+        if let Some(listener) = self.metrics {
+            tracker.spawn(telemetry::serve(listener, self.shared.clone(), closing.clone()));
+        }
+        let admission = Admission {
+            // One semaphore for every listener keeps the limit exact.
+            clients: Arc::new(Semaphore::new(self.shared.config.max_clients.min(Semaphore::MAX_PERMITS))),
+            budget: FrameBudget::new(self.shared.config.frame_buffer_budget),
+            elock_sessions: Arc::default(),
+            mediawiki_sessions: Arc::default(),
+        };
+        for (listener, protocol) in self.listeners {
+            tracker.spawn(accept_loop(listener, protocol, self.reloadable.clone(), self.shared.clone(), admission.clone(), tracker.clone(), closing.clone()));
         }
         shutdown.cancelled().await;
+        if self.shared.cluster().is_some() {
+            // The table is the cluster's: this node only leaves. Its sessions outlive it by
+            // their TTL, for their clients to resume on another node.
+            info!("shutting down: closing connections; their sessions can resume on another node");
+        } else {
+            info!("shutting down: granting no more locks, answering waiters with shutting_down");
+            self.shared.shut_down();
+        }
         info!("shutting down: closing connections");
+        closing.cancel();
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
             warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
@@ -70,7 +224,26 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker, shutdown: CancellationToken) {
+/// What every listener shares to admit clients.
+#[derive(Clone)]
+struct Admission {
+    /// One permit per client, `--max-clients` in all.
+    clients: Arc<Semaphore>,
+    budget: FrameBudget,
+    /// The sessions of the compatibility protocols, which outlive their connections.
+    elock_sessions: Arc<elock::Sessions>,
+    mediawiki_sessions: Arc<mediawiki::Sessions>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    protocol: Protocol,
+    reloadable: Arc<Reloadable>,
+    shared: Arc<State>,
+    admission: Admission,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -85,59 +258,79 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                 continue;
             }
         };
-        if !shared.config.allows(peer.ip()) {
+        if !reloadable.allows(peer.ip()) {
             warn!(%peer, "refused: address not in --allow");
+            telemetry::count_refused("not_allowed");
             continue;
         }
-        if shared.connections() >= shared.config.max_clients {
+        let tls = reloadable.tls().filter(|_| protocol == Protocol::Native);
+        let Ok(permit) = admission.clients.clone().try_acquire_owned() else {
             warn!(%peer, limit = shared.config.max_clients, "refused: too many clients");
-            tracker.spawn(refuse(stream, shared.config.max_clients));
+            telemetry::count_refused("too_many_clients");
+            // A TLS client could not read the plain error frame: it is only closed.
+            if tls.is_none() {
+                refuse(&stream, shared.config.max_clients);
+            }
             continue;
-        }
+        };
         if let Err(e) = configure(&stream, &shared.config) {
             warn!(%peer, error = %e, "could not set socket options");
         }
-        // Registered here, before the next accept, so a burst cannot overshoot the limit.
-        let conn = shared.connect(peer);
-        tracker.spawn(connection::serve(shared.clone(), conn, stream, peer, shutdown.clone()));
+        let shared = shared.clone();
+        match protocol {
+            Protocol::Native => {
+                // Registered here, before the next accept, so that its id exists from the start.
+                let conn = shared.connect(peer);
+                let budget = admission.budget.clone();
+                match &tls {
+                    None => {
+                        let fd = stream.as_raw_fd();
+                        tracker.spawn(connection::serve(shared, conn, permit, stream.into(), fd, peer, budget, shutdown.clone()))
+                    }
+                    Some(tls) => tracker.spawn(tls::serve(tls.clone(), shared, conn, permit, stream, peer, budget, shutdown.clone())),
+                };
+            }
+            Protocol::ELock => {
+                tracker.spawn(elock::serve(shared, admission.elock_sessions.clone(), permit, stream, peer, shutdown.clone()));
+            }
+            Protocol::MediaWiki => {
+                tracker.spawn(mediawiki::serve(shared, admission.mediawiki_sessions.clone(), permit, stream, peer, shutdown.clone()));
+            }
+        }
     }
 }
 
-/// Tells a client over the limit why it is being closed.
-async fn refuse(mut stream: TcpStream, limit: usize) {
+/// Tells a client over the limit why it is being closed. A new socket's buffer always
+/// takes this one small frame, so it is written at once and the socket closed.
+fn refuse(stream: &TcpStream, limit: usize) {
     let mut out = Vec::new();
     let err = ErrorBody::new(ErrorCode::TooManyClients, format!("the server is at its limit of {limit} clients"));
     encode_error(&mut out, &Value::Null, &err);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = SockRef::from(stream).send(&out);
 }
 
-/// No Nagle delay (every reply is latency-bound), and dead peers found within the
-/// keepalive / user-timeout bound.
+/// No Nagle delay (every reply is latency-bound), and idle dead peers found within the
+/// keepalive bound. No TCP_USER_TIMEOUT: it would also end live clients that do not read
+/// (see [`crate::liveness`], which covers connections with data outstanding).
 fn configure(stream: &TcpStream, config: &Config) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let sock = SockRef::from(stream);
     let keepalive = TcpKeepalive::new()
         .with_time(config.keepalive_idle)
         .with_interval(config.keepalive_interval)
         .with_retries(config.keepalive_count);
-    sock.set_tcp_keepalive(&keepalive)?;
-    #[cfg(target_os = "linux")]
-    sock.set_tcp_user_timeout(Some(config.user_timeout))?;
-    Ok(())
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// Ends waits whose time ran out and lock-delays that are over, as they come due.
-async fn reap_deadlines(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn reap_deadlines(shared: Arc<State>, shutdown: CancellationToken) {
+    let mut next = None;
     loop {
-        let next = shared.table().next_deadline();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = shared.deadline_added.notified() => {}
+            _ = shared.deadline_moved() => {}
             _ = sleep_until_or_forever(next) => {}
         }
-        let mut woken = Vec::new();
-        shared.table().expire(std::time::Instant::now(), &mut woken);
-        shared.deliver(woken);
+        next = shared.expire_due();
     }
 }
 
@@ -154,7 +347,7 @@ mod tests {
     use clap::Parser;
 
     #[tokio::test]
-    async fn accepted_sockets_get_nodelay_keepalive_and_user_timeout() {
+    async fn accepted_sockets_get_nodelay_and_keepalive_but_no_user_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
@@ -167,7 +360,7 @@ mod tests {
         assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(2));
         assert_eq!(sock.keepalive_retries().unwrap(), 4);
         #[cfg(target_os = "linux")]
-        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(9)));
+        assert_eq!(sock.tcp_user_timeout().unwrap(), None, "a zero window must not end a live client");
         drop(client);
     }
 }

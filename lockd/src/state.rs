@@ -1,93 +1,298 @@
-//! What every connection shares: the one lock table, the peers' addresses, counters, and
-//! how a waiter is answered when its wait ends on another connection's task.
+//! The one door to the lock table. Every front end changes the table only through these
+//! methods (as mini-redis's `Db` is the only way to its data): each takes the mutex, runs
+//! one table operation with the current time, keeps the fencing-token ceiling ahead,
+//! drops the mutex, and only then answers the waiters the operation woke and wakes the
+//! deadline reaper if it must look sooner. Commands never see the guard.
+//!
+//! It also keeps what connections share besides the table: the peers' addresses, the
+//! names clients gave in `hello`, how to close a connection an admin kicks, counts, and
+//! the metrics recorder.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use pklock_proto::frame::encode_into;
-use pklock_proto::{ErrorBody, ErrorReply, LegacyLockResult, LockResult, ResultReply};
-use serde::Serialize;
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
 
+use crate::cluster::Node;
 use crate::config::Config;
-use crate::outbox::Outbox;
-use crate::table::{ConnId, LockTable, WaitEnd, Wakeup};
+use crate::outbox::ReplySink;
+use crate::reply::{encode_lock_outcome, LockOutcome, ReplyStyle};
+use crate::telemetry::{self, Telemetry};
+use crate::table::{
+    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup,
+};
+use crate::tokens::{TokenStore, TokenStoreError};
 
 /// How to answer a waiting lock request once its wait ends.
 #[derive(Debug)]
 pub struct Waiter {
-    /// The requesting connection's sending side.
-    pub outbox: Arc<Outbox>,
+    /// Where the answer goes: the requesting connection's outbox, or its cluster session.
+    pub sink: Arc<dyn ReplySink>,
     /// The request's id, echoed in the reply.
     pub id: Value,
     pub style: ReplyStyle,
-}
-
-/// pkLockServer's clients expect `{"status": "ok"}` for a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyStyle {
-    Native,
-    PkLockServer,
+    /// Told once the reply went out, for line protocols that read no further request
+    /// until the answer to this one is on its way.
+    pub answered: Option<Arc<Notify>>,
+    /// Cluster mode: when the wait ends (ms since the Unix epoch), so that whichever node
+    /// serves the session can end it (see [`crate::mutation::Mutation::TimeOut`]).
+    pub ends_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
-pub struct Shared {
+struct Guarded {
+    locks: LockTable<Waiter>,
+    tokens: TokenStore,
+}
+
+/// A connected client, as others (`locks`, the logs, `kick`) may ask about it.
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    /// What the client called itself in `hello` (pklock.so: "pklock.so/VERSION pid PID").
+    client: Option<String>,
+    /// Cancelled by `kick`; set by the connections that close when it is (native ones).
+    kick: Option<CancellationToken>,
+}
+
+/// The longest client name kept: enough for a name, a version and a pid.
+const MAX_CLIENT_NAME: usize = 200;
+
+#[derive(Debug)]
+pub struct State {
     pub config: Config,
-    table: Mutex<LockTable<Waiter>>,
-    peers: Mutex<HashMap<ConnId, SocketAddr>>,
+    table: Mutex<Guarded>,
+    peers: Mutex<HashMap<ConnId, Peer>>,
     pub started: Instant,
     next_conn: AtomicU64,
     connections: AtomicUsize,
-    /// Woken when a wait with a deadline starts, so the reaper can sleep less.
-    pub deadline_added: Notify,
+    /// Woken when the earliest deadline moved closer, so the reaper can sleep less.
+    deadline_moved: Notify,
+    /// Cluster mode: this node (set once it joined).
+    cluster: OnceLock<Arc<Node>>,
+    /// `--metrics-listen`: the installed recorder.
+    telemetry: OnceLock<Telemetry>,
 }
 
-impl Shared {
-    pub fn new(config: Config) -> Self {
-        let table = LockTable::new(config.limits());
-        Shared {
+impl State {
+    pub fn new(config: Config) -> Result<Self, TokenStoreError> {
+        let mut locks = LockTable::new(config.limits());
+        let (tokens, start_after) = TokenStore::open(config.state_dir.as_deref())?;
+        // A cluster node's tokens come from the log alone (every node must issue the same).
+        if !config.cluster.enabled() {
+            locks.start_tokens_after(start_after);
+        }
+        Ok(State {
             config,
-            table: Mutex::new(table),
+            table: Mutex::new(Guarded { locks, tokens }),
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
-            deadline_added: Notify::new(),
-        }
+            deadline_moved: Notify::new(),
+            cluster: OnceLock::new(),
+            telemetry: OnceLock::new(),
+        })
     }
 
-    /// The lock table. Hold the guard briefly and deliver wakeups after dropping it.
-    pub fn table(&self) -> MutexGuard<'_, LockTable<Waiter>> {
-        // A panic while holding the lock cannot leave the table half-updated in a way
-        // that matters more than stopping the whole server would, so keep serving.
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Cluster mode: this node, once it joined. Connection ids then start at the node's
+    /// first session id, so a connection's id is its session's.
+    pub fn join_cluster(&self, node: Arc<Node>) {
+        self.next_conn.store(crate::cluster::log::first_session_of(node.me) + 1, Ordering::Relaxed);
+        let _ = self.cluster.set(node);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Node>> {
+        self.cluster.get()
+    }
+
+    /// `--metrics-listen`: from now on requests are timed.
+    pub fn enable_telemetry(&self, telemetry: Telemetry) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.get()
+    }
+
+    /// Runs one table operation: the pattern every method below shares.
+    fn apply<R>(&self, op: impl FnOnce(&mut LockTable<Waiter>, Instant, &mut Vec<Wakeup<Waiter>>) -> R) -> R {
+        let mut woken = Vec::new();
+        let (result, sooner) = {
+            let mut guarded = self.table.lock();
+            let before = guarded.locks.next_deadline();
+            let result = op(&mut guarded.locks, Instant::now(), &mut woken);
+            let last_token = guarded.locks.last_token();
+            if let Err(e) = guarded.tokens.keep_ahead_of(last_token) {
+                // Tokens stay above the clock-based floor; only the disk-backed guarantee
+                // is weakened, and it is retried on every grant.
+                error!(error = %e, "fencing tokens may pass the recorded ceiling");
+            }
+            let after = guarded.locks.next_deadline();
+            (result, after.is_some_and(|a| before.is_none_or(|b| a < b)))
+        };
+        if sooner {
+            self.deadline_moved.notify_one();
+        }
+        self.deliver(woken);
+        result
+    }
+
+    /// Takes keys for an owner, or queues the request (`waiter` says how to answer it).
+    pub fn lock(&self, request: LockRequest<'_>, waiter: impl FnOnce() -> Waiter) -> Result<Acquired, TableError> {
+        self.apply(|t, now, woken| t.lock(request, now, waiter, woken))
+    }
+
+    /// Releases keys of an owner and withdraws its wait for any of them.
+    pub fn unlock(&self, owner: Owner, keys: &[String]) -> Unlocked {
+        self.apply(|t, now, woken| t.unlock(owner, keys, now, woken))
+    }
+
+    /// Ends `owner`'s wait as timed out if `is_it` recognises it (cluster mode, where the
+    /// node serving the session times waits).
+    pub fn time_out(&self, owner: Owner, is_it: impl FnOnce(&Waiter) -> bool) -> bool {
+        self.apply(|t, now, woken| t.time_out(owner, is_it, now, woken))
+    }
+
+    /// Runs `visit` on the waiting requests of connection `conn`'s owners.
+    pub fn visit_waiters(&self, conn: ConnId, mut visit: impl FnMut(Owner, &Waiter)) {
+        self.table.lock().locks.waiters_of(conn).for_each(|(owner, waiter)| visit(owner, waiter));
+    }
+
+    /// Releases everything of a cluster session that closed or expired; its own waiters
+    /// are dropped, not answered (nobody is there to hear it).
+    pub fn release_session(&self, conn: ConnId) -> (usize, usize) {
+        self.apply(|t, now, woken| t.release_connection(conn, true, now, woken))
+    }
+
+    /// The table as data (cluster snapshots); `waiter` says what to keep of each waiter.
+    pub fn image<V>(&self, waiter: impl FnMut(&Waiter) -> V) -> Result<TableImage<V>, RebuildError> {
+        self.table.lock().locks.image(waiter)
+    }
+
+    /// Replaces the table with one rebuilt from `image` (a cluster node loading a snapshot).
+    pub fn restore<V>(&self, image: TableImage<V>, waiter: impl FnMut(ConnId, V) -> Waiter) -> Result<(), RebuildError> {
+        let rebuilt = LockTable::rebuild(self.config.limits(), image, Instant::now(), waiter)?;
+        self.table.lock().locks = rebuilt;
+        Ok(())
+    }
+
+    /// Makes every token from now on greater than `token` (cluster mode derives a floor
+    /// from the log's revisions).
+    pub fn raise_token_floor(&self, token: u64) {
+        self.table.lock().locks.start_tokens_after(token);
+    }
+
+    /// Withdraws the waiting request of an owner, if it has one, keeping what it holds.
+    pub fn withdraw(&self, owner: Owner) -> bool {
+        self.apply(|t, now, woken| t.withdraw(owner, now, woken))
+    }
+
+    /// Releases everything of one owner: (released, cancelled).
+    pub fn release_owner(&self, owner: Owner) -> (usize, usize) {
+        self.apply(|t, now, woken| t.release_owner(owner, now, woken))
+    }
+
+    /// Releases everything of every owner of a live connection: (released, cancelled).
+    pub fn release_connection(&self, conn: ConnId) -> (usize, usize) {
+        self.apply(|t, now, woken| t.release_connection(conn, false, now, woken))
+    }
+
+    /// Ends waits and lock-delays that are due; returns when the next one is.
+    pub fn expire_due(&self) -> Option<Instant> {
+        self.expire_at(Instant::now())
+    }
+
+    /// Ends waits and lock-delays due by `at` (a time in the future lets tests and fuzz
+    /// targets skip ahead); returns when the next one is.
+    pub fn expire_at(&self, at: Instant) -> Option<Instant> {
+        self.apply(|t, _, woken| {
+            t.expire(at, woken);
+            t.next_deadline()
+        })
+    }
+
+    /// Resolves when a deadline earlier than any before was added.
+    pub async fn deadline_moved(&self) {
+        self.deadline_moved.notified().await;
+    }
+
+    /// Stops granting: every waiting request is answered `shutting_down` now, before
+    /// connections close and release their locks (which then can grant nothing).
+    pub fn shut_down(&self) {
+        self.apply(|t, _, woken| t.shut_down(woken));
+    }
+
+    /// Whether `owner` holds any lock.
+    pub fn holds_anything(&self, owner: Owner) -> bool {
+        self.table.lock().locks.holds_anything(owner)
+    }
+
+    pub fn check(&self, key: &str, token: u64) -> bool {
+        self.table.lock().locks.check(key, token)
+    }
+
+    pub fn snapshot(&self, prefix: &str, after: Option<&str>, limit: usize) -> Page {
+        // A cluster node's waits end by the clock of the node serving them.
+        let (now, unix_now_ms) = (Instant::now(), crate::cluster::unix_ms());
+        let deadline_of = |w: &Waiter| w.ends_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(unix_now_ms)));
+        self.table.lock().locks.snapshot_with(prefix, after, limit, deadline_of)
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.table.lock().locks.stats()
     }
 
     /// Registers a new connection and returns its id.
     pub fn connect(&self, peer: SocketAddr) -> ConnId {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, peer);
+        self.peers.lock().insert(conn, Peer { addr: peer, client: None, kick: None });
         self.connections.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::CONNECTIONS_OPENED).increment(1);
         conn
     }
 
-    /// Forgets a connection that ended: releases all its owners' locks and answers the
-    /// waiters that this grants.
-    pub fn disconnect(&self, conn: ConnId) -> (usize, usize) {
-        let mut woken = Vec::new();
-        let released = self.table().release_connection(conn, true, Instant::now(), &mut woken);
-        self.deliver(woken);
-        if !self.config.lock_delay.is_zero() && released.0 > 0 {
-            // Its locks now linger until a deadline the reaper must learn about.
-            self.deadline_added.notify_one();
+    /// Makes connection `conn` kickable: the token is cancelled when an admin kicks it.
+    pub fn kick_signal(&self, conn: ConnId) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Some(peer) = self.peers.lock().get_mut(&conn) {
+            peer.kick = Some(token.clone());
         }
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        token
+    }
+
+    /// Tells connection `conn` to close (its locks go as with any close). False when no
+    /// kickable connection has that id.
+    pub fn kick(&self, conn: ConnId) -> bool {
+        let peers = self.peers.lock();
+        let Some(kick) = peers.get(&conn).and_then(|p| p.kick.as_ref()) else { return false };
+        kick.cancel();
+        true
+    }
+
+    /// Forgets a connection that ended: releases all its owners' locks (or keeps them
+    /// lingering for `--lock-delay`) and answers the waiters that this grants. A cluster
+    /// node only forgets it.
+    pub fn disconnect(&self, conn: ConnId) -> (usize, usize) {
+        // A cluster node's table changes only through the log (see `cluster::Node::disconnected`).
+        let released = if self.cluster().is_some() {
+            (0, 0)
+        } else {
+            self.apply(|t, now, woken| {
+                let released = t.release_connection(conn, true, now, woken);
+                // Counted before the waiters it grants hear of it.
+                metrics::counter!(telemetry::DISCONNECT_RELEASED).increment(released.0 as u64);
+                released
+            })
+        };
+        self.peers.lock().remove(&conn);
         self.connections.fetch_sub(1, Ordering::Relaxed);
         released
     }
@@ -97,50 +302,42 @@ impl Shared {
     }
 
     pub fn peer(&self, conn: ConnId) -> String {
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&conn)
-            .map_or_else(|| "gone".to_string(), ToString::to_string)
+        self.peers.lock().get(&conn).map_or_else(|| "gone".to_string(), |p| p.addr.to_string())
+    }
+
+    /// Remembers the name the client gave in `hello`, cut to [`MAX_CLIENT_NAME`] bytes.
+    pub fn set_client(&self, conn: ConnId, name: &str) {
+        let end = (0..=name.len().min(MAX_CLIENT_NAME)).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+        if let Some(peer) = self.peers.lock().get_mut(&conn) {
+            peer.client = Some(name[..end].to_owned());
+        }
+    }
+
+    /// The name the client gave in `hello`, if it gave one.
+    pub fn client(&self, conn: ConnId) -> Option<String> {
+        self.peers.lock().get(&conn).and_then(|p| p.client.clone())
     }
 
     /// Sends each woken waiter its reply, straight onto its socket. A waiter whose
     /// connection has gone loses nothing: that connection's cleanup releases whatever it
     /// was just granted.
-    pub fn deliver(&self, woken: Vec<Wakeup<Waiter>>) {
+    fn deliver(&self, woken: Vec<Wakeup<Waiter>>) {
         let mut frame = Vec::new();
         for Wakeup { waiter, end } in woken {
             frame.clear();
-            match (waiter.style, end) {
-                (ReplyStyle::Native, WaitEnd::Granted { token }) => {
-                    encode_result(&mut frame, &waiter.id, &LockResult { granted: true, token: Some(token) })
-                }
-                (ReplyStyle::Native, WaitEnd::TimedOut | WaitEnd::Cancelled) => {
-                    encode_result(&mut frame, &waiter.id, &LockResult { granted: false, token: None })
-                }
-                (ReplyStyle::PkLockServer, WaitEnd::Granted { .. }) => {
-                    encode_result(&mut frame, &waiter.id, &LegacyLockResult { status: "ok".into() })
-                }
-                // pkLockServer had no server-side wait; a lockName request that adds one
-                // is told when it runs out.
-                (ReplyStyle::PkLockServer, WaitEnd::TimedOut) => {
-                    encode_result(&mut frame, &waiter.id, &LegacyLockResult { status: "timeout".into() })
-                }
-                // pkLockServer never answered a withdrawn request; its clients stop
-                // listening for it before they withdraw it.
-                (ReplyStyle::PkLockServer, WaitEnd::Cancelled) => continue,
+            let outcome = match end {
+                WaitEnd::Granted { token } => LockOutcome::Granted { token },
+                WaitEnd::TimedOut => LockOutcome::TimedOut,
+                WaitEnd::Cancelled => LockOutcome::Cancelled,
+                WaitEnd::ShuttingDown => LockOutcome::ShuttingDown,
+            };
+            encode_lock_outcome(&mut frame, &waiter.id, waiter.style, outcome);
+            if !frame.is_empty() {
+                waiter.sink.deliver(&waiter.id, &frame);
             }
-            waiter.outbox.send_from_other(&frame);
+            if let Some(answered) = waiter.answered {
+                answered.notify_one();
+            }
         }
     }
-}
-
-/// Appends `{"id": id, "result": result}` as a frame.
-pub fn encode_result<R: Serialize>(out: &mut Vec<u8>, id: &Value, result: &R) {
-    encode_into(out, &ResultReply { id, result }).expect("replies are always serializable");
-}
-
-/// Appends `{"id": id, "error": error}` as a frame.
-pub fn encode_error(out: &mut Vec<u8>, id: &Value, error: &ErrorBody) {
-    encode_into(out, &ErrorReply { id, error }).expect("errors are always serializable");
 }

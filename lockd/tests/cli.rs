@@ -14,7 +14,7 @@ fn help_describes_the_flags() {
     let out = lockd().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--listen", "--allow", "--max-clients", "--max-locks", "--max-frame", "--keepalive-idle", "--user-timeout", "--lock-delay", "--log-format"] {
+    for flag in ["--listen", "--allow", "--max-clients", "--max-locks", "--max-frame", "--keepalive-idle", "--user-timeout", "--lock-delay", "--log-format", "--frame-buffer-budget", "--auth-timeout", "--tls-cert", "--tls-key", "--tls-handshake-timeout", "--state-dir", "--max-memory", "--deadlock-budget", "--elock-listen", "--mediawiki-listen"] {
         assert!(help.contains(flag), "--help mentions {flag}");
     }
 }

@@ -145,6 +145,10 @@ fn closing_a_connection_releases_its_locks_and_grants_the_next_waiter() {
 
 #[test]
 fn lock_delay_holds_a_dead_clients_lock_for_a_while() {
+    if common::cluster_under_test().is_some() {
+        eprintln!("SKIPPED in cluster mode: --lock-delay is refused with --cluster");
+        return;
+    }
     let server = TestServer::with_args(&["--lock-delay", "0.3"]);
     let (mut holder, mut waiter) = (server.client(), server.client());
     holder.lock("job", 0);
@@ -223,7 +227,9 @@ fn limits_answer_with_their_own_error_codes() {
 #[test]
 fn stat_reports_counts() {
     let server = TestServer::start();
-    let (mut a, _b) = (server.client(), server.client());
+    let (mut a, mut b) = (server.client(), server.client());
+    // A reply proves the server has registered b's connection (accept runs concurrently).
+    b.call("ping", json!({}));
     a.lock("k", 0);
     let s = a.call("stat", json!({}));
     assert_eq!(s["connections"], json!(2));
@@ -231,4 +237,28 @@ fn stat_reports_counts() {
     assert_eq!(s["grants"], json!(1));
     assert!(s["memory"].as_u64().unwrap() > 0);
     assert!(s["uptime"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn locks_pages_through_every_key_exactly_once() {
+    let server = TestServer::start();
+    let mut c = server.client();
+    for i in 0..25 {
+        c.lock(&format!("job-{i:02}"), 0);
+    }
+    c.lock("other", 0);
+    let (mut seen, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let page = c.call("locks", json!({"prefix": "job-", "limit": 10, "after": after}));
+        seen.extend(page["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => {
+                assert_eq!(page["truncated"], json!(true));
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("job-{i:02}")).collect();
+    assert_eq!(seen, want);
 }

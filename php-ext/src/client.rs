@@ -1,30 +1,33 @@
 //! `PkLockClient`, the PHP class: argument checking and conversion at the PHP boundary; the
-//! work is done by the process-wide session for the object's server address.
+//! work is done by the process-wide session for the object's server address (or node list).
 //!
 //! Each object is its own lock owner (its own owner handle on the shared connection), so
 //! two objects in one process conflict exactly as two processes do.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
+use pklock_proto::auth::AuthKey;
 use pklock_proto::Mode;
 
 use crate::connection::Timeouts;
 use crate::error::{quote_keys, ClientError};
 use crate::ini;
 use crate::json::{self, entries, php_type_name, EntryKey, Path};
+use crate::nodes;
 use crate::session::{self, new_owner, OwnerId, Target};
 
 /// Longest wait accepted, in seconds (about 31 years: "as long as it takes" is `null`).
 const MAX_WAIT: f64 = 1e9;
 
 /// A client of lockd. Constructing needs no server; the first call connects (one socket per
-/// process and server address, shared by all objects, kept across requests).
+/// process and server address or node list, shared by all objects, kept across requests).
 #[php_class]
 pub struct PkLockClient {
     target: Target,
-    /// `host:port`, for messages.
+    /// `host:port` (or the list of them), for messages.
     addr: String,
     /// Which session (connection) this object uses: see [`Target::session_key`].
     session_key: String,
@@ -33,24 +36,32 @@ pub struct PkLockClient {
 
 #[php_impl]
 impl PkLockClient {
-    /// `$host` and `$port` default to the `pklock.default_host` / `pklock.default_port` INI
-    /// settings. `$options`: `connect_timeout` and `io_timeout` (seconds, defaults from INI),
-    /// `auth_key` (string).
+    /// `$host` is a host, or the nodes of a lockd cluster as `host:port,host:port,...`
+    /// (`[v6]:port` for IPv6; `$port` serves entries without one). When null: the
+    /// `pklock.servers` INI setting (a list like `$host`), or if that is empty
+    /// `pklock.default_host`; `$port` defaults to `pklock.default_port`. `$options`:
+    /// `connect_timeout` and `io_timeout` (seconds, defaults from INI), `auth_key` (string,
+    /// default `pklock.auth_key`; null for none), `tls` (bool), `tls_ca` (PEM file of the CA
+    /// to trust instead of the system's), `tls_verify` (bool; false is for tests only); the
+    /// TLS ones default to INI.
     pub fn __construct(host: Option<String>, port: Option<i64>, options: Option<&ZendHashTable>) -> PhpResult<Self> {
-        let host = host.unwrap_or_else(ini::default_host);
-        if host.is_empty() {
-            return Err(argument_error("__construct", 1, "host", "must not be empty").into());
-        }
         let port = port.unwrap_or_else(ini::default_port);
         let port = u16::try_from(port)
             .ok()
             .filter(|&port| port != 0)
             .ok_or_else(|| argument_error("__construct", 2, "port", "must be between 1 and 65535"))?;
+        let nodes = match (host, ini::servers()) {
+            (None, Some(servers)) => nodes::parse(&servers, port).map_err(|problem| {
+                ClientError::value_error(format!("PkLockClient::__construct(): the pklock.servers setting {problem}"))
+            })?,
+            (host, _) => nodes::parse(&host.unwrap_or_else(ini::default_host), port)
+                .map_err(|problem| argument_error("__construct", 1, "host", &problem.to_string()))?,
+        };
         let mut target = Target {
-            host,
-            port,
+            nodes,
             timeouts: Timeouts { connect: ini::connect_timeout(), io: ini::io_timeout() },
-            auth_key: None,
+            auth_key: ini::auth_key(),
+            tls: ini::tls(),
         };
         if let Some(options) = options {
             apply_options(&mut target, options)?;
@@ -71,18 +82,25 @@ impl PkLockClient {
     /// Does not wait for the server's reply: a problem shows up on the next call.
     pub fn unlock(&self, keys: &Zval) -> PhpResult<bool> {
         let keys = keys_argument("unlock", keys)?;
-        Ok(self.session(|session, owner| session.unlock(owner, keys))?)
+        Ok(self.session(|session, owner| session.unlock(owner, &self.target, keys))?)
     }
 
     /// Releases every lock this object holds.
     pub fn unlock_all(&self) -> PhpResult<()> {
-        Ok(self.session(|session, owner| session.unlock_all(owner))?)
+        Ok(self.session(|session, owner| session.unlock_all(owner, &self.target))?)
     }
 
-    /// The fencing token of the lock this object holds on `$key`, or null.
-    pub fn token(&self, key: &str) -> Option<i64> {
-        self.session(|session, owner| session.token(owner, key))
-            .map(|token| i64::try_from(token).expect("lockd's tokens stay below PHP_INT_MAX"))
+    /// The fencing token of the lock this object holds on `$key`, or null. Throws
+    /// PkLockLostException when its locks were lost with the connection.
+    pub fn token(&self, key: &str) -> PhpResult<Option<i64>> {
+        let token = self.session(|session, owner| session.token(owner, key))?;
+        Ok(token.map(|token| i64::try_from(token).expect("lockd's tokens stay below PHP_INT_MAX")))
+    }
+
+    /// Whether lockd confirms that this object still holds `$key` (with the token it was
+    /// granted). False, without asking, when this object holds no lock on `$key`.
+    pub fn is_held(&self, key: &str) -> PhpResult<bool> {
+        Ok(self.session(|session, owner| session.is_held(owner, &self.target, key))?)
     }
 
     /// Locks `$keys`, runs `$fn`, always unlocks, and returns what `$fn` returned. Throws
@@ -96,7 +114,7 @@ impl PkLockClient {
             return Err(ClientError::WaitRanOut { keys: quote_keys(&keys), wait }.into());
         }
         let outcome = r#fn.try_call(vec![]);
-        let unlocked = self.session(|session, owner| session.unlock(owner, keys));
+        let unlocked = self.session(|session, owner| session.unlock(owner, &self.target, keys));
         match outcome {
             // The exception `$fn` threw is pending and propagates; nothing else is thrown.
             Err(_) => Err(ClientError::PhpExceptionPending.into()),
@@ -146,7 +164,7 @@ impl PkLockClient {
     /// Runs `f` on this object's session. `f` must not create PHP values or call PHP code: a
     /// bailout (fatal error) inside would leave the process state borrowed for good.
     fn session<R>(&self, f: impl FnOnce(&mut session::Session, OwnerId) -> R) -> R {
-        session::with_session(&self.session_key, &self.addr, |session| f(session, self.owner))
+        session::with_session(&self.session_key, &self.target, |session| f(session, self.owner))
     }
 
     fn take(&self, keys: Vec<String>, wait: Option<f64>, shared: bool) -> Result<Option<u64>, ClientError> {
@@ -244,13 +262,27 @@ fn apply_options(target: &mut Target, options: &ZendHashTable) -> Result<(), Cli
         let seconds = || {
             number.and_then(positive_seconds).ok_or_else(|| option_error(&name, "must be a number of seconds above 0"))
         };
+        let flag = || value.bool().ok_or_else(|| option_error(&name, "must be a bool"));
         match name.as_str() {
             "connect_timeout" => target.timeouts.connect = seconds()?,
             "io_timeout" => target.timeouts.io = seconds()?,
+            "auth_key" if value.is_null() => target.auth_key = None,
             "auth_key" => {
-                target.auth_key = Some(value.str().ok_or_else(|| option_error(&name, "must be a string"))?.to_owned());
+                let key = value.str().ok_or_else(|| option_error(&name, "must be a string or null"))?;
+                target.auth_key = Some(AuthKey::new(key).map_err(|_| option_error(&name, "must not be empty"))?);
             }
-            _ => return Err(option_error(&name, "is not an option (known: connect_timeout, io_timeout, auth_key)")),
+            "tls" => target.tls.enabled = flag()?,
+            "tls_ca" => {
+                let path = value.str().filter(|path| !path.is_empty());
+                target.tls.ca = Some(PathBuf::from(path.ok_or_else(|| option_error(&name, "must be a file name"))?));
+            }
+            "tls_verify" => target.tls.verify = flag()?,
+            _ => {
+                return Err(option_error(
+                    &name,
+                    "is not an option (known: connect_timeout, io_timeout, auth_key, tls, tls_ca, tls_verify)",
+                ))
+            }
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! One TCP connection to lockd: pklock-proto frames over a blocking std socket with
-//! timeouts, request ids, and replies matched by id.
+//! timeouts (plain or TLS, see `transport.rs`), request ids, and replies matched by id.
 //!
 //! Requests are either *waited for* (`send` + `wait_reply`) or *pipelined*
 //! (`send_pipelined`): the caller goes on without the reply, which is read and checked
@@ -7,6 +7,11 @@
 //! its own reply). A problem found in a pipelined reply is kept for the owner that sent
 //! the request and handed out by `take_deferred` on that owner's next call, so it
 //! surfaces without costing a round trip, and never on another object's call.
+//!
+//! A connection to a lockd cluster node is a *session* (docs/CLUSTER.md): it keeps the bytes
+//! of every request it sent without a reply yet, so that when its node is lost, a connection
+//! to another node can take the session over (`take_over`) and send again (`resend`) what
+//! the cluster never received, with the same ids.
 //!
 //! No PHP types here, so the logic is tested against a scripted server in plain Rust.
 
@@ -17,12 +22,18 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use pklock_proto::frame::{self, FrameError, HEADER_LEN};
-use pklock_proto::{ErrorBody, HelloParams, HelloResult, ReplyIn, RequestOut, UnlockResult};
+use pklock_proto::auth::{AuthKey, Nonce, Proof, METHOD};
+use pklock_proto::{
+    AuthChallenge, AuthParams, AuthResult, ErrorBody, HelloParams, HelloResult, LockResult, ReplyIn, RequestOut,
+    ResumeParams, ResumeResult, SessionInfo, UnlockResult,
+};
 use serde::Serialize;
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::error::{quote_keys, ClientError, Released};
+use crate::error::{quote_keys, ClientError, LossCause, Released};
+use crate::nodes::Node;
+use crate::transport::{TlsSettings, Transport};
 
 /// Largest reply accepted: `locks` on a busy server can exceed the 1 MiB request limit.
 const MAX_REPLY: usize = 64 << 20;
@@ -64,9 +75,25 @@ pub enum ConnError {
     Frame(#[from] FrameError),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server refused the connection itself (a reply with id null), e.g. a plain
+    /// client on a TLS listener.
+    #[error("refused by the server: {} ({})", .0.message, .0.code.as_str())]
+    Refused(ErrorBody),
     /// Nothing was sent: the connection is as good as before.
     #[error("the request is {len} bytes, more than the server's limit of {max} bytes; it was not sent")]
     TooLarge { len: usize, max: usize },
+}
+
+impl ConnError {
+    pub fn cause(&self) -> LossCause {
+        match self {
+            ConnError::Timeout(_) => LossCause::NoReply,
+            ConnError::Frame(_) | ConnError::Protocol(_) => LossCause::Protocol,
+            ConnError::Closed | ConnError::Io(_) | ConnError::Refused(_) | ConnError::TooLarge { .. } => {
+                LossCause::Broken
+            }
+        }
+    }
 }
 
 /// What to check in the reply of a pipelined request.
@@ -76,6 +103,11 @@ pub enum PipelinedCheck {
     Unlock(Vec<String>),
     /// `release_all`: only errors matter.
     ReleaseAll,
+    /// A waited-for request whose caller gave up on it (its node was lost and no other
+    /// node could take the session over in time): nobody is told of its reply. `lock` is
+    /// the keys of an abandoned `lock`, whose grant must be released since nobody knows
+    /// it holds them.
+    Abandoned { lock: Option<Vec<String>> },
 }
 
 #[derive(Debug)]
@@ -89,7 +121,9 @@ struct Pipelined {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Transport,
+    /// The node's `host:port`, for messages.
+    addr: String,
     /// The connection number the server gave us in `hello`.
     server_connection: u64,
     next_id: u64,
@@ -106,30 +140,48 @@ pub struct Connection {
     max_frame: usize,
     /// The first problem found in each owner's pipelined replies, not reported yet.
     deferred: Vec<(u64, ClientError)>,
+    /// The cluster session this connection is: offered by `hello`, or taken over from a lost
+    /// connection. `None` on a single lockd.
+    session: Option<SessionInfo>,
+    /// With a session: each request sent and not answered yet, as encoded, in the order sent.
+    unanswered: VecDeque<(u64, Vec<u8>)>,
+    /// Locks granted to abandoned `lock` requests, by owner: to release.
+    unwanted_grants: Vec<(u64, Vec<String>)>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        crate::fork::untrack(self.stream.as_raw_fd());
+        crate::fork::untrack(self.stream.socket().as_raw_fd());
     }
 }
 
 impl Connection {
-    /// Connects, configures the socket and says `hello`.
+    /// Connects to `node`, configures the socket, does the TLS handshake if `tls` says so,
+    /// says `hello` and, when the server challenges or `auth_key` is given, authenticates
+    /// both ways (see [`Self::authenticate`]). Request ids start at `first_id`: a connection
+    /// that is to take over a session goes on from the lost connection's ids.
     pub fn open(
-        addr: &str,
-        host: &str,
-        port: u16,
+        node: &Node,
+        first_id: u64,
         timeouts: Timeouts,
+        tls: &TlsSettings,
         hello: &HelloParams,
+        auth_key: Option<&AuthKey>,
     ) -> Result<Self, ClientError> {
+        let addr = &node.addr();
         let connect_error = |source| ClientError::Connect { addr: addr.to_owned(), source };
-        let stream = connect(host, port, timeouts.connect).map_err(connect_error)?;
+        let stream = connect(&node.host, node.port, timeouts.connect).map_err(connect_error)?;
         configure(&stream, timeouts).map_err(connect_error)?;
+        let stream = match tls.enabled {
+            false => Transport::Plain(stream),
+            true => Transport::tls(stream, &node.host, tls, timeouts.io)
+                .map_err(|source| ClientError::Tls { addr: addr.to_owned(), source })?,
+        };
         let mut conn = Connection {
             stream,
+            addr: addr.to_owned(),
             server_connection: 0,
-            next_id: 1,
+            next_id: first_id,
             out: Vec::with_capacity(256),
             inbuf: Vec::with_capacity(READ_CHUNK),
             consumed: 0,
@@ -138,29 +190,134 @@ impl Connection {
             pipelined: VecDeque::new(),
             max_frame: pklock_proto::DEFAULT_MAX_FRAME,
             deferred: Vec::new(),
+            session: None,
+            unanswered: VecDeque::new(),
+            unwanted_grants: Vec::new(),
         };
         // From here on, dropping `conn` untracks it.
-        crate::fork::track(conn.stream.as_raw_fd());
-        let lost = |e: ConnError| ClientError::ConnectionLost {
-            addr: addr.to_owned(),
-            reason: format!("during hello: {e}"),
-            released: Released::Nothing,
-        };
-        let id = conn.send("hello", hello).map_err(lost)?;
-        match conn.wait_reply(id, Some(timeouts.io)).map_err(lost)? {
-            Ok(result) => {
-                let hello: HelloResult = serde_json::from_value(result)
-                    .map_err(|e| lost(ConnError::Protocol(format!("unexpected hello result: {e}"))))?;
-                conn.server_connection = hello.connection;
-                conn.max_frame = hello.max_frame;
-                Ok(conn)
+        crate::fork::track(conn.stream.socket().as_raw_fd());
+        let result = conn.handshake_step(addr, "hello", hello, timeouts.io)?;
+        let hello: HelloResult = serde_json::from_value(result)
+            .map_err(|e| lost_during(addr, "hello", ConnError::Protocol(format!("unexpected hello result: {e}"))))?;
+        conn.server_connection = hello.connection;
+        conn.max_frame = hello.max_frame;
+        conn.authenticate(addr, hello.auth, auth_key, timeouts.io)?;
+        // Set last: the handshake's own requests are never resent.
+        conn.session = hello.session;
+        Ok(conn)
+    }
+
+    /// Makes this fresh connection the session of `lost`, whose node is gone: `resume` with
+    /// the ids of `lost`'s unanswered requests, then carries over everything outstanding
+    /// (request ids, pipelined requests, unreported problems). Returns the ids to send
+    /// again with [`Self::resend`]. Until the cluster agrees, `lost` keeps it all, so that
+    /// another node can be tried; the server's refusal comes back as `ClientError::Server`.
+    pub fn take_over(&mut self, lost: &mut Connection, io: Duration) -> Result<Vec<u64>, ClientError> {
+        let session = lost.session.clone().expect("only a connection with a session is taken over");
+        let pending: Vec<u64> = lost.unanswered.iter().map(|(id, _)| *id).collect();
+        let params = ResumeParams { session: session.id.clone(), secret: session.secret.clone(), pending };
+        let result = self.handshake_step(&self.addr.clone(), "resume", &params, io)?;
+        let resend = match serde_json::from_value::<ResumeResult>(result) {
+            Ok(ResumeResult { resumed: true, resend }) if resend.iter().all(|id| params.pending.contains(id)) => resend,
+            Ok(_) => {
+                let problem = ConnError::Protocol("resume neither resumed nor refused as asked".into());
+                return Err(lost_during(&self.addr, "resume", problem));
             }
-            Err(body) => Err(ClientError::Server { request: "hello".into(), body }),
+            Err(e) => {
+                let problem = ConnError::Protocol(format!("unexpected resume result: {e}"));
+                return Err(lost_during(&self.addr, "resume", problem));
+            }
+        };
+        self.session = Some(session);
+        self.next_id = self.next_id.max(lost.next_id);
+        self.unanswered = std::mem::take(&mut lost.unanswered);
+        self.pipelined = std::mem::take(&mut lost.pipelined);
+        self.deferred = std::mem::take(&mut lost.deferred);
+        self.unwanted_grants = std::mem::take(&mut lost.unwanted_grants);
+        Ok(resend)
+    }
+
+    /// Sends again, in the order first sent, the unanswered requests named in `ids`.
+    pub fn resend(&mut self, ids: &[u64]) -> Result<(), ConnError> {
+        self.out.clear();
+        for (_, frame) in self.unanswered.iter().filter(|(id, _)| ids.contains(id)) {
+            self.out.extend_from_slice(frame);
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.send_out()
+    }
+
+    /// Answers the server's challenge with a proof that we know the key, and checks the
+    /// server's proof that it knows it too: a server that does not (an impostor, or one
+    /// that skips the challenge) is refused, since its "granted" would mean nothing.
+    fn authenticate(
+        &mut self,
+        addr: &str,
+        challenge: Option<AuthChallenge>,
+        key: Option<&AuthKey>,
+        io: Duration,
+    ) -> Result<(), ClientError> {
+        let refuse = |problem: &str| ClientError::Auth { addr: addr.to_owned(), problem: problem.to_owned() };
+        let (key, challenge) = match (key, challenge) {
+            (None, None) => return Ok(()),
+            (None, Some(_)) => return Err(refuse("the server needs an auth key: set the auth_key option or pklock.auth_key")),
+            (Some(_), None) => {
+                return Err(refuse(
+                    "the server did not ask for authentication although auth_key is set, so it cannot prove it knows the key; refusing it",
+                ))
+            }
+            (Some(key), Some(challenge)) => (key, challenge),
+        };
+        if challenge.method != METHOD {
+            return Err(refuse(&format!("the server asks for {:?}, this client knows {METHOD:?}", challenge.method)));
+        }
+        let server_nonce = Nonce::parse(&challenge.nonce).map_err(|e| refuse(&format!("bad challenge: {e}")))?;
+        let client_nonce = Nonce::random().map_err(|e| refuse(&e.to_string()))?;
+        let proof = Proof::Client.compute(key, &server_nonce, &client_nonce);
+        let params = AuthParams { client_nonce: client_nonce.as_str().to_owned(), proof };
+        let result = self.handshake_step(addr, "auth", &params, io)?;
+        let proven = serde_json::from_value::<AuthResult>(result).is_ok_and(|result| {
+            result.authenticated && Proof::Server.verify(key, &server_nonce, &client_nonce, &result.server_proof)
+        });
+        if !proven {
+            return Err(refuse("the server's proof is wrong, so it does not know the auth key; refusing it"));
+        }
+        Ok(())
+    }
+
+    /// One request of the handshake: its result, or the server's refusal.
+    fn handshake_step<P: Serialize>(&mut self, addr: &str, command: &str, parameters: &P, io: Duration) -> Result<Value, ClientError> {
+        let id = self.send(command, parameters).map_err(|e| lost_during(addr, command, e))?;
+        match self.wait_reply(id, Some(io)).map_err(|e| lost_during(addr, command, e))? {
+            Ok(result) => Ok(result),
+            Err(body) => Err(ClientError::Server { request: command.into(), body }),
         }
     }
 
     pub fn server_connection(&self) -> u64 {
         self.server_connection
+    }
+
+    /// The node's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The id the next request gets: a connection that takes the session over goes on from it.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The cluster session this connection is, if any.
+    pub fn session(&self) -> Option<&SessionInfo> {
+        self.session.as_ref()
+    }
+
+    /// Whether requests sent on this connection still wait for their reply.
+    pub fn has_unanswered(&self) -> bool {
+        !self.unanswered.is_empty() || !self.pipelined.is_empty()
     }
 
     /// The reply `wait_reply` returned, as the JSON text the server sent, for callers that
@@ -175,16 +332,32 @@ impl Connection {
 
     /// Sends one request and returns its id.
     pub fn send<P: Serialize + ?Sized>(&mut self, command: &str, parameters: &P) -> Result<u64, ConnError> {
+        let id = self.queue(command, parameters)?;
+        self.flush()?;
+        Ok(id)
+    }
+
+    /// Encodes one request and gives it its id, without sending it yet ([`Self::flush`]
+    /// does). With a session the request counts as sent from here on: if sending fails,
+    /// the session's resume tells whether the cluster got it.
+    pub fn queue<P: Serialize + ?Sized>(&mut self, command: &str, parameters: &P) -> Result<u64, ConnError> {
         let id = self.next_id;
-        self.next_id += 1;
         self.out.clear();
         frame::encode_into(&mut self.out, &RequestOut { id, command, parameters })?;
         let len = self.out.len() - HEADER_LEN;
         if len > self.max_frame {
             return Err(ConnError::TooLarge { len, max: self.max_frame });
         }
-        self.send_out()?;
+        self.next_id += 1;
+        if self.session.is_some() {
+            self.unanswered.push_back((id, self.out.clone()));
+        }
         Ok(id)
+    }
+
+    /// Sends the request [`Self::queue`] encoded last.
+    pub fn flush(&mut self) -> Result<(), ConnError> {
+        self.send_out()
     }
 
     /// Sends one request whose reply is checked later (see the module comment); `check`
@@ -196,21 +369,70 @@ impl Connection {
         parameters: P,
         check: impl FnOnce(P) -> PipelinedCheck,
     ) -> Result<(), ConnError> {
-        let id = self.send(command, &parameters)?;
+        self.queue_pipelined(owner, command, parameters, check)?;
+        self.flush()
+    }
+
+    /// [`Self::send_pipelined`] without sending: on a connection whose node is lost, the
+    /// request waits there to be sent by the connection that takes the session over.
+    pub fn queue_pipelined<P: Serialize>(
+        &mut self,
+        owner: u64,
+        command: &str,
+        parameters: P,
+        check: impl FnOnce(P) -> PipelinedCheck,
+    ) -> Result<(), ConnError> {
+        let id = self.queue(command, &parameters)?;
         self.pipelined.push_back(Pipelined { id, owner, check: check(parameters), report: true });
         Ok(())
+    }
+
+    /// The caller of request `id` (of `owner`) no longer waits for its reply; see
+    /// [`PipelinedCheck::Abandoned`].
+    pub fn abandon(&mut self, id: u64, owner: u64, lock: Option<Vec<String>>) {
+        self.pipelined.push_back(Pipelined { id, owner, check: PipelinedCheck::Abandoned { lock }, report: false });
+    }
+
+    /// Locks granted to abandoned `lock` requests since the last call, by owner.
+    pub fn take_unwanted_grants(&mut self) -> Vec<(u64, Vec<String>)> {
+        std::mem::take(&mut self.unwanted_grants)
     }
 
     /// Reads until the reply to `id` arrives, checking pipelined replies on the way.
     /// `timeout: None` waits as long as it takes (a dead server still shows up as EOF or a
     /// keepalive failure).
     pub fn wait_reply(&mut self, id: u64, timeout: Option<Duration>) -> Result<Reply, ConnError> {
+        self.read_until(timeout, |conn| {
+            while let Some(reply) = conn.next_frame()? {
+                if let Some(reply) = conn.dispatch(reply, Some(id))? {
+                    return Ok(Some(reply));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Whether a pipelined `unlock` or `release_all` has no reply yet.
+    pub fn has_release_in_flight(&self) -> bool {
+        self.pipelined.iter().any(|p| matches!(p.check, PipelinedCheck::Unlock(_) | PipelinedCheck::ReleaseAll))
+    }
+
+    /// Reads until every pipelined release has its reply: the server has applied them.
+    pub fn wait_releases(&mut self, timeout: Duration) -> Result<(), ConnError> {
+        self.read_until(Some(timeout), |conn| {
+            while let Some(reply) = conn.next_frame()? {
+                conn.dispatch(reply, None)?;
+            }
+            Ok((!conn.has_release_in_flight()).then_some(()))
+        })
+    }
+
+    /// Reads replies until `take` has what it waits for, or `timeout` runs out.
+    fn read_until<T>(&mut self, timeout: Option<Duration>, mut take: impl FnMut(&mut Self) -> Result<Option<T>, ConnError>) -> Result<T, ConnError> {
         let deadline = timeout.map(|total| (Instant::now() + total, total));
         loop {
-            while let Some(reply) = self.next_frame()? {
-                if let Some(reply) = self.dispatch(reply, Some(id))? {
-                    return Ok(reply);
-                }
+            if let Some(done) = take(self)? {
+                return Ok(done);
             }
             let remaining = match deadline {
                 Some((at, total)) => Some(
@@ -266,27 +488,13 @@ impl Connection {
     }
 
     fn send_out(&mut self) -> Result<(), ConnError> {
-        let fd = self.stream.as_raw_fd();
-        let mut sent = 0;
-        while sent < self.out.len() {
-            let rest = &self.out[sent..];
-            // MSG_NOSIGNAL: a dead peer must be an error here, not a SIGPIPE for PHP.
-            // SAFETY: `rest` is a valid buffer of `rest.len()` bytes for the whole call.
-            let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => {
-                        let timeout = self.stream.write_timeout()?.unwrap_or_default();
-                        return Err(ConnError::Timeout(timeout));
-                    }
-                    _ => return Err(e.into()),
-                }
+        match self.stream.send_all(&self.out) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(ConnError::Timeout(self.stream.socket().write_timeout()?.unwrap_or_default()))
             }
-            sent += n as usize;
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// One `recv` into the read buffer; `Ok(0)` is end of stream.
@@ -296,16 +504,7 @@ impl Connection {
             self.consumed = 0;
         }
         self.inbuf.reserve(READ_CHUNK);
-        let spare = self.inbuf.spare_capacity_mut();
-        // SAFETY: `spare` is writable for `spare.len()` bytes; recv writes at most that many.
-        let n = unsafe { libc::recv(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), flags) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        // SAFETY: recv initialised the first `n` spare bytes.
-        unsafe { self.inbuf.set_len(self.inbuf.len() + n) };
-        Ok(n)
+        self.stream.recv(&mut self.inbuf, flags)
     }
 
     fn next_frame(&mut self) -> Result<Option<ReplyIn>, ConnError> {
@@ -329,12 +528,20 @@ impl Connection {
     /// Returns the reply if it answers `wanted`; checks and drops it if it answers a
     /// pipelined request.
     fn dispatch(&mut self, reply: ReplyIn, wanted: Option<u64>) -> Result<Option<Reply>, ConnError> {
-        let id = reply.id.as_u64().ok_or_else(|| ConnError::Protocol(format!("reply with id {}", reply.id)))?;
+        let Some(id) = reply.id.as_u64() else {
+            return Err(match reply.error {
+                Some(body) if reply.id.is_null() => ConnError::Refused(body),
+                _ => ConnError::Protocol(format!("reply with id {}", reply.id)),
+            });
+        };
         let outcome = match (reply.result, reply.error) {
             (Some(result), None) => Ok(result),
             (None, Some(error)) => Err(error),
             _ => return Err(ConnError::Protocol(format!("reply {id} has neither or both of result and error"))),
         };
+        if let Some(index) = self.unanswered.iter().position(|(sent, _)| *sent == id) {
+            self.unanswered.remove(index);
+        }
         if wanted == Some(id) {
             return Ok(Some(outcome));
         }
@@ -342,6 +549,12 @@ impl Connection {
             return Err(ConnError::Protocol(format!("reply to request {id}, which is not outstanding")));
         };
         let pipelined = self.pipelined.remove(index).expect("index from position()");
+        if let PipelinedCheck::Abandoned { lock: Some(keys) } = pipelined.check {
+            if outcome.is_ok_and(|result| serde_json::from_value::<LockResult>(result).is_ok_and(|lock| lock.granted)) {
+                self.unwanted_grants.push((pipelined.owner, keys));
+            }
+            return Ok(None);
+        }
         if pipelined.report && !self.deferred.iter().any(|(o, _)| *o == pipelined.owner) {
             if let Some(problem) = check_pipelined(pipelined.check, outcome) {
                 self.deferred.push((pipelined.owner, problem));
@@ -357,10 +570,19 @@ impl Connection {
             _ => false,
         };
         if !reusable {
-            self.stream.set_read_timeout(wanted)?;
+            self.stream.socket().set_read_timeout(wanted)?;
             self.read_timeout = wanted;
         }
         Ok(())
+    }
+}
+
+fn lost_during(addr: &str, command: &str, e: ConnError) -> ClientError {
+    ClientError::ConnectionLost {
+        addr: addr.to_owned(),
+        reason: format!("during {command}: {e}"),
+        released: Released::Nothing,
+        cause: e.cause(),
     }
 }
 
@@ -368,6 +590,7 @@ fn check_pipelined(check: PipelinedCheck, outcome: Reply) -> Option<ClientError>
     let request = match &check {
         PipelinedCheck::Unlock(keys) => format!("unlock({})", quote_keys(keys)),
         PipelinedCheck::ReleaseAll => "unlockAll()".to_owned(),
+        PipelinedCheck::Abandoned { .. } => return None,
     };
     match (check, outcome) {
         (_, Err(body)) => Some(ClientError::Server { request, body }),
@@ -379,7 +602,7 @@ fn check_pipelined(check: PipelinedCheck, outcome: Reply) -> Option<ClientError>
                 body: ErrorBody::new(pklock_proto::ErrorCode::Unknown, format!("unexpected unlock result: {e}")),
             }),
         },
-        (PipelinedCheck::ReleaseAll, Ok(_)) => None,
+        (PipelinedCheck::ReleaseAll | PipelinedCheck::Abandoned { .. }, Ok(_)) => None,
     }
 }
 
@@ -406,45 +629,27 @@ fn configure(stream: &TcpStream, timeouts: Timeouts) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scripted;
     use pklock_proto::ErrorCode;
     use serde_json::json;
-    use std::io::Write;
     use std::net::TcpListener;
     use std::thread;
 
-    /// A server that answers `hello`, then plays `script` (one entry per request read:
-    /// the replies to write after reading it), then closes.
+    /// A single lockd that answers `hello`, then writes `script`'s replies, one entry per
+    /// request read, then closes.
     fn scripted_server(script: Vec<Vec<Value>>) -> (u16, thread::JoinHandle<Vec<Value>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handle = thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut seen = Vec::new();
-            let mut payload = Vec::new();
-            let mut read = |stream: &mut TcpStream| {
-                frame::read_frame(stream, 1 << 20, &mut payload).unwrap();
-                serde_json::from_slice::<Value>(&payload).unwrap()
-            };
-            let hello = read(&mut stream);
-            let hello_result =
-                json!({"protocol": 1, "server": "fake", "version": "0", "connection": 7, "features": []});
-            frame::write_frame(&mut stream, &json!({"id": hello["id"], "result": hello_result})).unwrap();
-            for replies in script {
-                let request = read(&mut stream);
-                for reply in replies {
-                    frame::write_frame(&mut stream, &reply).unwrap();
-                }
-                seen.push(request);
-            }
-            stream.flush().unwrap();
-            seen
-        });
-        (port, handle)
+        scripted::serve(scripted::single_hello(), script.into_iter().map(scripted::replies).collect())
+    }
+
+    const PLAIN: TlsSettings = TlsSettings { enabled: false, ca: None, verify: true };
+
+    fn local(port: u16) -> Node {
+        Node { host: "127.0.0.1".into(), port }
     }
 
     fn open(port: u16) -> Connection {
         let timeouts = Timeouts { connect: Duration::from_secs(2), io: Duration::from_secs(2) };
-        Connection::open("test", "127.0.0.1", port, timeouts, &HelloParams::default()).unwrap()
+        Connection::open(&local(port), 1, timeouts, &PLAIN, &HelloParams::default(), None).unwrap()
     }
 
     #[test]
@@ -531,16 +736,16 @@ mod tests {
             drop(stream);
         });
         let timeouts = Timeouts { connect: Duration::from_secs(2), io: Duration::from_millis(100) };
-        let err = Connection::open("silent", "127.0.0.1", port, timeouts, &HelloParams::default()).err().unwrap();
+        let err = Connection::open(&local(port), 1, timeouts, &PLAIN, &HelloParams::default(), None).err().unwrap();
         assert!(err.to_string().contains("no reply within 0.100 s"), "{err}");
         silent.join().unwrap();
     }
 
     #[test]
     fn refused_connection_names_the_address() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = scripted::closed_port();
         let timeouts = Timeouts { connect: Duration::from_secs(1), io: Duration::from_secs(1) };
-        let err = Connection::open("127.0.0.1:x", "127.0.0.1", port, timeouts, &HelloParams::default()).err().unwrap();
-        assert!(err.to_string().starts_with("cannot connect to lockd at 127.0.0.1:x"), "{err}");
+        let err = Connection::open(&local(port), 1, timeouts, &PLAIN, &HelloParams::default(), None).err().unwrap();
+        assert!(err.to_string().starts_with(&format!("cannot connect to lockd at 127.0.0.1:{port}:")), "{err}");
     }
 }

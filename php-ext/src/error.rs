@@ -12,6 +12,7 @@ use ext_php_rs::zend::ce;
 use pklock_proto::{ErrorBody, ErrorCode};
 
 use crate::exceptions;
+use crate::transport::TlsError;
 
 /// What a lost connection took with it, as far as the caller is concerned.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,17 @@ pub enum Released {
     OthersLocks,
     /// The caller held these keys (and the server released them).
     CallersLocks(Vec<String>),
+}
+
+/// What broke a connection, for the code of the exception (docs/php-exceptions.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossCause {
+    /// Closed by the server, reset, or another I/O failure.
+    Broken,
+    /// No reply came in time, so the client closed the connection.
+    NoReply,
+    /// The server broke the protocol, so the client closed the connection.
+    Protocol,
 }
 
 /// Whether a bad argument is of the wrong type or of the right type with a wrong value.
@@ -36,8 +48,28 @@ pub enum ClientError {
     #[error("cannot connect to lockd at {addr}: {source}")]
     Connect { addr: String, source: io::Error },
 
+    #[error("cannot connect to lockd at {addr} over TLS: {source}")]
+    Tls { addr: String, source: TlsError },
+
     #[error("connection to lockd at {addr} lost ({reason}){}", describe_released(.released))]
-    ConnectionLost { addr: String, reason: String, released: Released },
+    ConnectionLost { addr: String, reason: String, released: Released, cause: LossCause },
+
+    /// No node of a list could be connected to; `failures` has one message per node tried.
+    #[error("cannot connect to any lockd node: {}", .failures.join("; "))]
+    NoNode { failures: Vec<String> },
+
+    /// A cluster session lost with its node could not be taken over by any other node yet.
+    #[error(
+        "connection to lockd at {addr} lost ({reason}) and its session not resumed on any node ({}); \
+         its locks stay held for {left:.1} s more, during which a later call tries again",
+        .failures.join("; ")
+    )]
+    NotResumed { addr: String, reason: String, failures: Vec<String>, left: f64 },
+
+    /// Authentication did not happen as it must, by this client's judgement (the server's
+    /// own refusals are `Server`).
+    #[error("authentication with lockd at {addr} failed: {problem}")]
+    Auth { addr: String, problem: String },
 
     /// The server answered a request (named in `request`) with an error.
     #[error("{request} failed: {} ({})", .body.message, .body.code.as_str())]
@@ -105,44 +137,63 @@ impl ClientError {
 
 impl From<ClientError> for PhpException {
     fn from(err: ClientError) -> Self {
-        use exceptions::*;
+        use exceptions::{Code, ExceptionClass::*};
         let message = err.to_string();
-        match err {
-            ClientError::Connect { .. } | ClientError::UndecodableResult { .. } => PhpException::from_class::<PkLockConnectionException>(message),
-            ClientError::ConnectionLost { released: Released::CallersLocks(_), .. } | ClientError::NotHeld { .. } => {
-                PhpException::from_class::<PkLockLostException>(message)
+        let (class, code) = match err {
+            ClientError::Connect { .. } | ClientError::Tls { .. } | ClientError::NoNode { .. } => {
+                (PkLockConnectionException, Code::ConnectFailed)
             }
-            ClientError::ConnectionLost { .. } => PhpException::from_class::<PkLockConnectionException>(message),
-            ClientError::Server { body, .. } => server_exception(body.code, message),
-            ClientError::WaitRanOut { .. } => PhpException::from_class::<PkLockTimeoutException>(message),
+            ClientError::UndecodableResult { .. } => (PkLockConnectionException, Code::ProtocolError),
+            ClientError::NotResumed { .. } => (PkLockConnectionException, Code::NotResumed),
+            ClientError::ConnectionLost { released: Released::CallersLocks(_), .. } | ClientError::NotHeld { .. } => {
+                (PkLockLostException, Code::LocksLost)
+            }
+            ClientError::ConnectionLost { cause, .. } => (
+                PkLockConnectionException,
+                match cause {
+                    LossCause::Broken => Code::ConnectionLost,
+                    LossCause::NoReply => Code::ReplyTimeout,
+                    LossCause::Protocol => Code::ProtocolError,
+                },
+            ),
+            ClientError::Server { body, .. } => (server_exception_class(body.code), Code::of_server_error(body.code)),
+            ClientError::Auth { .. } => (PkLockAuthException, Code::ServerNotAuthenticated),
+            ClientError::WaitRanOut { .. } => (PkLockTimeoutException, Code::WaitTimeout),
             ClientError::Argument { problem: ArgumentProblem::Type, .. } => {
-                PhpException::new(message, 0, ce::type_error())
+                return PhpException::new(message, 0, ce::type_error())
             }
             ClientError::Argument { problem: ArgumentProblem::Value, .. } => {
-                PhpException::new(message, 0, ce::value_error())
+                return PhpException::new(message, 0, ce::value_error())
             }
             // Throwing does nothing while an exception is pending, so the user's one wins.
-            ClientError::PhpExceptionPending => PhpException::from_class::<PkLockException>(message),
-        }
+            ClientError::PhpExceptionPending => return PhpException::new(message, 0, PkLockException.entry()),
+        };
+        class.exception(code, message)
     }
 }
 
-fn server_exception(code: ErrorCode, message: String) -> PhpException {
-    use exceptions::*;
+fn server_exception_class(code: ErrorCode) -> exceptions::ExceptionClass {
+    use exceptions::ExceptionClass::*;
     match code {
-        ErrorCode::BadRequest => PhpException::from_class::<PkLockBadRequestException>(message),
-        ErrorCode::UnknownCommand => PhpException::from_class::<PkLockUnknownCommandException>(message),
-        ErrorCode::FrameTooLarge => PhpException::from_class::<PkLockFrameTooLargeException>(message),
-        ErrorCode::AuthRequired | ErrorCode::AuthFailed => PhpException::from_class::<PkLockAuthException>(message),
-        ErrorCode::Deadlock => PhpException::from_class::<PkLockDeadlockException>(message),
-        ErrorCode::TooManyLocks => PhpException::from_class::<PkLockTooManyLocksException>(message),
-        ErrorCode::TooManyWaiters => PhpException::from_class::<PkLockTooManyWaitersException>(message),
-        ErrorCode::TooManyKeys => PhpException::from_class::<PkLockTooManyKeysException>(message),
-        ErrorCode::BadKey => PhpException::from_class::<PkLockBadKeyException>(message),
-        ErrorCode::OwnerBusy => PhpException::from_class::<PkLockOwnerBusyException>(message),
-        ErrorCode::TooManyClients => PhpException::from_class::<PkLockTooManyClientsException>(message),
-        ErrorCode::ShuttingDown => PhpException::from_class::<PkLockShuttingDownException>(message),
-        ErrorCode::Unknown => PhpException::from_class::<PkLockServerException>(message),
+        ErrorCode::BadRequest => PkLockBadRequestException,
+        ErrorCode::UnknownCommand => PkLockUnknownCommandException,
+        ErrorCode::FrameTooLarge => PkLockFrameTooLargeException,
+        ErrorCode::AuthRequired | ErrorCode::AuthFailed => PkLockAuthException,
+        ErrorCode::Deadlock => PkLockDeadlockException,
+        ErrorCode::TooManyLocks => PkLockTooManyLocksException,
+        ErrorCode::TooManyWaiters => PkLockTooManyWaitersException,
+        ErrorCode::TooManyKeys => PkLockTooManyKeysException,
+        ErrorCode::BadKey => PkLockBadKeyException,
+        ErrorCode::OwnerBusy => PkLockOwnerBusyException,
+        ErrorCode::TooManyClients => PkLockTooManyClientsException,
+        ErrorCode::ShuttingDown => PkLockShuttingDownException,
+        ErrorCode::MemoryLimit => PkLockMemoryLimitException,
+        ErrorCode::DeadlockSearchLimit => PkLockDeadlockSearchLimitException,
+        ErrorCode::Unavailable => PkLockUnavailableException,
+        // The session's locks are gone, as when a connection is lost while holding locks.
+        ErrorCode::SessionExpired => PkLockLostException,
+        // Only lockctl sends admin commands.
+        ErrorCode::NotAdmin | ErrorCode::Unknown => PkLockServerException,
     }
 }
 
@@ -162,7 +213,12 @@ mod tests {
 
     #[test]
     fn lost_connection_message_says_what_the_server_released() {
-        let lost = |released| ClientError::ConnectionLost { addr: "h:1".into(), reason: "reset".into(), released };
+        let lost = |released| ClientError::ConnectionLost {
+            addr: "h:1".into(),
+            reason: "reset".into(),
+            released,
+            cause: LossCause::Broken,
+        };
         assert_eq!(lost(Released::Nothing).to_string(), "connection to lockd at h:1 lost (reset)");
         assert!(lost(Released::OthersLocks).to_string().ends_with("released the locks this process held through it"));
         assert!(lost(Released::CallersLocks(vec!["a".into(), "b".into()]))

@@ -10,7 +10,11 @@ mod exceptions;
 mod fork;
 mod ini;
 mod json;
+mod nodes;
+#[cfg(test)]
+mod scripted;
 mod session;
+mod transport;
 
 use std::panic::catch_unwind;
 
@@ -25,6 +29,9 @@ unsafe extern "C" {
 
 fn startup(_type: i32, module_number: i32) -> i32 {
     IniEntryDef::register(ini::ENTRIES.as_slice(), module_number);
+    if exceptions::register().is_err() {
+        return 1;
+    }
     match fork::install() {
         Ok(()) => 0,
         // Without it, a forked child would keep the parent's connections open.
@@ -60,7 +67,7 @@ extern "C" fn module_info(module: *mut ModuleEntry) {
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
-    exceptions::register(module)
+    module
         .class::<client::PkLockClient>()
         .request_shutdown_function(request_shutdown)
         .info_function(module_info)

@@ -26,6 +26,16 @@ final class PkLockMutexTest extends PkLockTestCase
         return new PkLockMutex($name, $timeout, $this->client());
     }
 
+    public function testTakesANodeListForItsClient(): void
+    {
+        $nodes = sprintf('127.0.0.1:%d,%s:%d', $this->closedPort(), self::$server->host(), self::$server->port());
+        $key = $this->key();
+        $mutex = new PkLockMutex($key, 0.0, $nodes);
+        $this->assertSame(1, $mutex->synchronized(fn (): int => $this->holdersOf($key)));
+        // Another connection than holdersOf(): the pipelined release may not have been applied yet.
+        $this->waitUntil(fn (): bool => $this->holdersOf($key) === 0, "the release");
+    }
+
     public function testIsAPhpLockMutex(): void
     {
         $this->assertInstanceOf(LockMutex::class, $this->mutex($this->key()));
@@ -189,14 +199,5 @@ final class PkLockMutexTest extends PkLockTestCase
     {
         $this->expectException(\InvalidArgumentException::class);
         new PkLockMutex($this->key(), -1.0, $this->client());
-    }
-
-    /** A loopback port nobody listens on (bound and closed again). */
-    private function closedPort(): int
-    {
-        $probe = stream_socket_server('tcp://127.0.0.1:0');
-        $name = stream_socket_get_name($probe, false);
-        fclose($probe);
-        return (int) substr($name, strrpos($name, ':') + 1);
     }
 }

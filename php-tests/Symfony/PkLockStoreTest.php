@@ -215,10 +215,26 @@ final class PkLockStoreTest extends SymfonyTestCase
         $this->assertTrue($this->store()->exists($key), 'stores for the same server share the key state');
     }
 
+    public function testDsnWithANodeList(): void
+    {
+        $dsn = sprintf('pklock://127.0.0.1:%d,%s:%d?connect_timeout=1', $this->closedPort(), self::$server->host(), self::$server->port());
+        $store = PkLockStore::fromDsn($dsn);
+        $key = new Key($this->key());
+        $store->save($key);
+        $this->assertTrue($store->exists($key));
+    }
+
     public function testBadDsnIsRefused(): void
     {
         $this->expectException(InvalidArgumentException::class);
         PkLockStore::fromDsn('redis://localhost:6379');
+    }
+
+    public function testDsnWithABadNodeListIsRefused(): void
+    {
+        $this->expectException(InvalidArgumentException::class);
+        $this->expectExceptionMessage('bad port');
+        PkLockStore::fromDsn('pklock://lockd1:11300,lockd2:x');
     }
 
     // --- shared locks ---------------------------------------------------------------
@@ -393,14 +409,6 @@ final class PkLockStoreTest extends SymfonyTestCase
     }
 
     /** A loopback port nobody listens on (bound and closed again). */
-    private function closedPort(): int
-    {
-        $probe = stream_socket_server('tcp://127.0.0.1:0');
-        $name = stream_socket_get_name($probe, false);
-        fclose($probe);
-        return (int) substr($name, strrpos($name, ':') + 1);
-    }
-
     private function assertConflicts(callable $save, string $why): void
     {
         try {

@@ -6,9 +6,11 @@
 //!   blocking reader/writer for `std::io` users such as the PHP extension.
 //! - [`message`]: the request/reply envelopes, each command's parameters and results,
 //!   lock modes and error codes, as serde types.
+//! - [`auth`]: the challenge-response proofs of `hello`/`auth` (HMAC-SHA256).
 //!
 //! `docs/PROTOCOL.md` at the top of the repository is the human contract.
 
+pub mod auth;
 pub mod frame;
 pub mod message;
 

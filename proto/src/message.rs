@@ -119,8 +119,10 @@ pub enum ErrorCode {
     UnknownCommand,
     /// The frame's declared length exceeded the server's `--max-frame`; the server closes.
     FrameTooLarge,
-    /// The server has an auth key and this connection has not sent it in `hello`.
+    /// The server has an auth key and this connection has not authenticated (`auth`).
     AuthRequired,
+    /// A wrong proof, no challenge outstanding, or a plaintext `auth_key` in `hello`; after
+    /// three on one connection the server closes it.
     AuthFailed,
     /// Waiting would close a cycle in the wait-for graph; `cycle` names it.
     Deadlock,
@@ -133,6 +135,19 @@ pub enum ErrorCode {
     OwnerBusy,
     TooManyClients,
     ShuttingDown,
+    /// The lock table is at its memory limit (`--max-memory`): the bytes-based twin of
+    /// `too_many_locks`.
+    MemoryLimit,
+    /// The deadlock search for this wait went over its budget, so the server cannot say
+    /// that waiting is safe; the wait is refused (try again, or with `wait` 0).
+    DeadlockSearchLimit,
+    /// Cluster mode: this node cannot reach a quorum of etcd, so it cannot decide; try
+    /// another node.
+    Unavailable,
+    /// Cluster mode: `resume` of a session that expired or was closed; its locks are gone.
+    SessionExpired,
+    /// An admin command (`kick`) from a client outside the server's `--admin-from`.
+    NotAdmin,
     /// A code this client does not know yet (newer server).
     #[serde(other)]
     Unknown,
@@ -154,6 +169,11 @@ impl ErrorCode {
             ErrorCode::OwnerBusy => "owner_busy",
             ErrorCode::TooManyClients => "too_many_clients",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::DeadlockSearchLimit => "deadlock_search_limit",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::NotAdmin => "not_admin",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -191,8 +211,10 @@ pub struct CycleStep {
 pub struct HelloParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_key: Option<String>,
+    /// Where clients before the challenge-response sent the key in plaintext. Only read, to
+    /// refuse it with a message that says to upgrade; its value is never kept.
+    #[serde(rename = "auth_key", default, skip_serializing)]
+    pub plaintext_auth_key: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -206,6 +228,49 @@ pub struct HelloResult {
     /// refuse a larger request itself instead of losing the connection over it.
     #[serde(default = "default_max_frame")]
     pub max_frame: usize,
+    /// Present when this connection must authenticate before anything else: the challenge
+    /// to answer with `auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthChallenge>,
+    /// Cluster mode: the session this connection is, to `resume` on another node after
+    /// losing this one (docs/CLUSTER.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionInfo>,
+}
+
+/// A cluster session, as `hello` offers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    /// Proves the right to resume the session: 64 lowercase hex digits.
+    pub secret: String,
+    /// Seconds the session outlives the loss of its node.
+    pub ttl: f64,
+}
+
+/// The challenge in `hello`'s result (see [`crate::auth`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthChallenge {
+    /// [`crate::auth::METHOD`].
+    pub method: String,
+    /// Fresh for every `hello`, valid for one `auth`.
+    pub nonce: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthParams {
+    pub client_nonce: String,
+    /// [`crate::auth::Proof::Client`] over the server's and the client's nonce.
+    pub proof: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuthResult {
+    pub authenticated: bool,
+    /// [`crate::auth::Proof::Server`]: the client checks it, so a server that does not
+    /// know the key cannot pass for lockd.
+    pub server_proof: String,
 }
 
 fn default_max_frame() -> usize {
@@ -226,6 +291,10 @@ pub struct LockParams {
     pub wait: Option<f64>,
     #[serde(default)]
     pub owner: u64,
+    /// A lock value, for shared requests: shared holders of a key all hold the same value
+    /// and another value conflicts (eLock's value locks). Absent: plain shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -294,6 +363,24 @@ pub struct PingResult {
     pub pong: bool,
 }
 
+/// `resume`: take over a cluster session whose node was lost (docs/CLUSTER.md).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeParams {
+    pub session: String,
+    pub secret: String,
+    /// Ids of the requests sent on the lost connection that got no reply.
+    #[serde(default)]
+    pub pending: Vec<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResumeResult {
+    pub resumed: bool,
+    /// The ids of `pending` the cluster never received: send them again, same ids, same order.
+    pub resend: Vec<u64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckParams {
@@ -323,6 +410,26 @@ pub struct StatResult {
     pub deadlocks: u64,
     /// Resident memory of the server process, in bytes (0 where unknown).
     pub memory: u64,
+    /// Estimated bytes of the lock table, what `--max-memory` bounds.
+    #[serde(default)]
+    pub table_memory: u64,
+    /// Cluster mode: this node, whether it can reach etcd, what it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<serde_json::Value>,
+}
+
+/// `kick` (admin only): close another connection, releasing its locks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KickParams {
+    /// The connection's id, as `locks` and `hello` report it.
+    pub connection: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KickResult {
+    /// False when no connection that can be kicked has that id (it may have closed).
+    pub kicked: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -331,9 +438,13 @@ pub struct LocksParams {
     /// Only keys that start with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// At most this many keys (default 1000).
+    /// At most this many keys, and at most this many holders and waiters per key (default
+    /// 1000; larger values are lowered to the server's cap, 10 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Start after this key: the `next` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -341,6 +452,9 @@ pub struct LocksResult {
     pub keys: Vec<KeyInfo>,
     /// True when `limit` cut the list short.
     pub truncated: bool,
+    /// When truncated: pass this as `after` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -356,6 +470,10 @@ pub struct HolderInfo {
     pub owner: u64,
     pub connection: u64,
     pub peer: String,
+    /// The name the holding connection gave in `hello` (pklock.so: "pklock.so/VERSION pid
+    /// PID"); absent if it gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub mode: Mode,
     /// Seconds since the grant.
     pub held_for: f64,
@@ -370,6 +488,10 @@ pub struct WaiterInfo {
     pub owner: u64,
     pub connection: u64,
     pub peer: String,
+    /// The name the holding connection gave in `hello` (pklock.so: "pklock.so/VERSION pid
+    /// PID"); absent if it gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub mode: Mode,
     /// Seconds since the request arrived.
     pub waited_for: f64,

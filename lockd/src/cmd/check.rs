@@ -8,7 +8,11 @@ use super::{parse_params, CmdResult, Ctx};
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: CheckParams = parse_params(raw)?;
-    let valid = ctx.shared.table().check(&params.key, params.token);
+    // A node cut off from etcd may hold a stale table: it must not vouch for a token.
+    if let Some(node) = ctx.shared.cluster().filter(|node| !node.available()) {
+        return Err(node.unavailable());
+    }
+    let valid = ctx.shared.check(&params.key, params.token);
     ctx.reply(&CheckResult { valid });
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! `hello`: protocol and server versions, features, and the auth key when one is set.
+//! `hello`: protocol and server versions, features, and the authentication challenge when
+//! the server has a key (answered with `auth`, see `auth.rs`).
 
-use pklock_proto::{ErrorBody, ErrorCode, HelloParams, HelloResult, PROTOCOL_VERSION};
+use pklock_proto::{HelloParams, HelloResult, PROTOCOL_VERSION};
 use serde_json::value::RawValue;
 
 use super::{parse_params, CmdResult, Ctx};
@@ -10,14 +11,16 @@ const FEATURES: &[&str] = &["shared", "multi_key", "fencing", "deadlock_detectio
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: HelloParams = parse_params(raw)?;
-    if let Some(expected) = &ctx.shared.config.auth_key {
-        let given = params.auth_key.as_deref().unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            *ctx.authed = false;
-            return Err(ErrorBody::new(ErrorCode::AuthFailed, "wrong or missing auth key"));
-        }
-        *ctx.authed = true;
+    if params.plaintext_auth_key.is_some() {
+        return Err(ctx.auth.fail(
+            ctx.conn,
+            "hello carried a plaintext auth_key, which this server refuses: upgrade the client to one that answers the challenge with auth (the key must never travel over the network)",
+        ));
     }
+    if let Some(client) = &params.client {
+        ctx.shared.set_client(ctx.conn, client);
+    }
+    let auth = ctx.auth.challenge()?;
     ctx.reply(&HelloResult {
         protocol: PROTOCOL_VERSION,
         server: "lockd".into(),
@@ -25,11 +28,9 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
         connection: ctx.conn,
         features: FEATURES.iter().map(|f| f.to_string()).collect(),
         max_frame: ctx.shared.config.max_frame,
+        auth,
+        session: ctx.shared.cluster().zip(ctx.session.as_ref()).map(|(node, session)| node.session_info(session)),
     });
     Ok(())
 }
 
-/// Compares without an early exit, so response time does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}

@@ -1,15 +1,15 @@
 //! `lock`: take one or several keys, exclusive or shared, waiting up to `wait` seconds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pklock_proto::{ErrorBody, ErrorCode, LegacyLockResult, LockParams, LockResult};
+use pklock_proto::{ErrorBody, ErrorCode, LockParams};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{parse_params, CmdResult, Ctx};
-use crate::state::{ReplyStyle, Waiter};
-use crate::table::{Acquired, LockRequest, Owner};
+use crate::mutation::Mutation;
+use crate::reply::ReplyStyle;
 
 /// Tells pkLockServer's `{"lockName": ...}` requests apart, which get its reply shape.
 #[derive(Deserialize)]
@@ -26,27 +26,15 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
         _ => ReplyStyle::Native,
     };
     let wait = wait_duration(params.wait)?;
-    let request = LockRequest { owner: Owner { conn: ctx.conn, handle: params.owner }, keys: &params.keys.0, mode: params.mode, wait };
-    let mut woken = Vec::new();
-    let acquired = ctx.shared.table().lock(
-        request,
-        Instant::now(),
-        || Waiter { outbox: ctx.outbox.clone(), id: ctx.id.clone(), style },
-        &mut woken,
-    );
-    ctx.shared.deliver(woken);
-    match (acquired?, style) {
-        (Acquired::Granted { token }, ReplyStyle::Native) => ctx.reply(&LockResult { granted: true, token: Some(token) }),
-        (Acquired::Granted { .. }, ReplyStyle::PkLockServer) => ctx.reply(&LegacyLockResult { status: "ok".into() }),
-        (Acquired::Busy, ReplyStyle::Native) => ctx.reply(&LockResult { granted: false, token: None }),
-        (Acquired::Busy, ReplyStyle::PkLockServer) => ctx.reply(&LegacyLockResult { status: "busy".into() }),
-        (Acquired::Queued, _) => {
-            if wait.is_some() {
-                ctx.shared.deadline_added.notify_one();
-            }
-        }
-    }
-    Ok(())
+    ctx.mutate(Mutation::Lock {
+        owner: params.owner,
+        keys: params.keys.0,
+        mode: params.mode,
+        wait,
+        value: params.value,
+        style,
+        ends_at_ms: None,
+    })
 }
 
 /// `None` (absent or null) waits as long as it takes; so does a wait too long to

@@ -1,4 +1,6 @@
-//! `locks`: who holds what and who waits, in queue order (eLock's `debug`).
+//! `locks`: who holds what and who waits, in queue order (eLock's `debug`), a page at a
+//! time: at most `limit` keys, and at most `limit` holders and waiters per key, with a
+//! cursor (`next`, passed back as `after`) for the rest.
 
 use std::time::Instant;
 
@@ -7,14 +9,18 @@ use serde_json::value::RawValue;
 
 use super::{parse_params, CmdResult, Ctx};
 
-/// Keys listed when the request sets no limit; the reply must stay a sane size.
+/// Keys listed when the request sets no limit.
 const DEFAULT_LIMIT: usize = 1000;
+/// The most a page may list: bounds the work under the table lock and the reply's size.
+pub const MAX_LIMIT: usize = 10_000;
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let params: LocksParams = parse_params(raw)?;
     let now = Instant::now();
-    let (views, truncated) = ctx.shared.table().snapshot(params.prefix.as_deref().unwrap_or(""), params.limit.unwrap_or(DEFAULT_LIMIT));
-    let keys = views
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let page = ctx.shared.snapshot(params.prefix.as_deref().unwrap_or(""), params.after.as_deref(), limit);
+    let keys = page
+        .keys
         .into_iter()
         .map(|v| KeyInfo {
             key: v.key,
@@ -25,6 +31,7 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
                     owner: h.owner.handle,
                     connection: h.owner.conn,
                     peer: ctx.shared.peer(h.owner.conn),
+                    client: ctx.shared.client(h.owner.conn),
                     mode: h.mode,
                     held_for: now.saturating_duration_since(h.since).as_secs_f64(),
                     token: h.token,
@@ -38,6 +45,7 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
                     owner: w.owner.handle,
                     connection: w.owner.conn,
                     peer: ctx.shared.peer(w.owner.conn),
+                    client: ctx.shared.client(w.owner.conn),
                     mode: w.mode,
                     waited_for: now.saturating_duration_since(w.since).as_secs_f64(),
                     gives_up_in: w.deadline.map(|d| d.saturating_duration_since(now).as_secs_f64()),
@@ -45,6 +53,6 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
                 .collect(),
         })
         .collect();
-    ctx.reply(&LocksResult { keys, truncated });
+    ctx.reply(&LocksResult { keys, truncated: page.next.is_some(), next: page.next });
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::{parse_params, CmdResult, Ctx};
 
 pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
     let NoParams {} = parse_params(raw)?;
-    let t = ctx.shared.table().stats();
+    let t = ctx.shared.stats();
     ctx.reply(&StatResult {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime: ctx.shared.started.elapsed().as_secs_f64(),
@@ -19,12 +19,14 @@ pub fn run(ctx: &mut Ctx<'_>, raw: Option<&RawValue>) -> CmdResult {
         timeouts: t.timeouts,
         deadlocks: t.deadlocks,
         memory: resident_bytes(),
+        table_memory: t.memory as u64,
+        cluster: ctx.shared.cluster().map(|node| node.stat()),
     });
     Ok(())
 }
 
 /// Resident set size from /proc (Linux); 0 where that is not available.
-fn resident_bytes() -> u64 {
+pub fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -1,89 +1,341 @@
-//! Per-key state and the map that holds it, laid out for memory: a held lock is the
-//! table's biggest cost at a million locks, so each key is one boxed record found through
-//! an 8-byte slot, its first holder is stored inline, and a wait queue is allocated only
-//! while someone waits.
+//! Per-key state and the map that holds it, laid out for memory and for bounded work.
+//!
+//! Memory: a held lock is the table's biggest cost at a million locks, so each key is one
+//! boxed record found through an 8-byte slot, its first holder is stored inline, and
+//! everything a busy key needs (its wait queue, an index of many holders, lingering
+//! counts) lives in one box allocated only while the key is busy.
+//!
+//! Work: every question the granting code asks of a key (does a holder block this mode?
+//! is anyone incompatible queued ahead of this request? which holder is this owner's?) is
+//! answered in O(1) or O(log n), never by walking the holders or the queue, so no
+//! request's cost depends on how many other clients hold or wait for the same key.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use pklock_proto::Mode;
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
-use super::{Holder, Key, RequestId};
+use super::{Holder, Key, Owner, RequestId, ValueId};
+
+/// The class of an exclusive request in a queue (values of shared requests are below it).
+const EXCLUSIVE: ValueId = ValueId::MAX;
+
+/// Holders are found by scanning up to this many; a key with more gets an index.
+const INDEX_FROM: usize = 8;
 
 #[derive(Debug)]
 pub(super) struct KeyState {
     pub key: Key,
-    pub holders: SmallVec<[Holder; 1]>,
-    waiters: Option<Box<Waiters>>,
+    holders: SmallVec<[Holder; 1]>,
+    busy: Option<Box<Busy>>,
+}
+
+/// What a key needs only while it has waiters, many holders or lingering holders.
+#[derive(Debug, Default)]
+struct Busy {
+    /// Upgrades wait ahead of everyone else, in arrival order.
+    upgrades: Vec<RequestId>,
+    /// Other waiters in arrival order (request ids grow with arrival), with their class:
+    /// [`EXCLUSIVE`], or the value of a shared request (0 for plain shared).
+    queue: BTreeMap<RequestId, ValueId>,
+    /// The exclusive requests in `queue`: a shared request is admitted past the queue
+    /// only when none of these is ahead of it...
+    exclusive: BTreeSet<RequestId>,
+    /// ...and no shared request of another value: the shared requests by value, and the
+    /// first of each value, in arrival order.
+    shared: HashMap<ValueId, BTreeSet<RequestId>, RandomState>,
+    heads: BTreeSet<(RequestId, ValueId)>,
+    /// Requests whose grant is held up here. Every waiting request is parked on one key
+    /// that blocks it and is looked at again only when that key changes. Ordered like the
+    /// queue: upgrades (`false`) first, then by arrival.
+    parked: BTreeSet<(bool, RequestId)>,
+    /// Holders of a dead connection kept until the lock-delay runs out; they block all.
+    lingering: usize,
+    /// Owner and token → position in `holders`, once there are many holders.
+    index: Option<HolderIndex>,
 }
 
 #[derive(Debug, Default)]
-struct Waiters {
-    /// Upgrades wait ahead of everyone else, in arrival order.
-    upgrades: Vec<RequestId>,
-    /// Other waiters in arrival order. Request ids grow with arrival, so this stays
-    /// sorted and a request's place is found by binary search.
-    queue: VecDeque<RequestId>,
+struct HolderIndex {
+    by_owner: HashMap<Owner, usize, RandomState>,
+    by_token: HashMap<u64, usize, RandomState>,
+}
+
+impl Busy {
+    fn is_empty(&self) -> bool {
+        self.upgrades.is_empty() && self.queue.is_empty() && self.lingering == 0 && self.index.is_none()
+    }
 }
 
 impl KeyState {
     fn new(key: Key) -> Self {
-        KeyState { key, holders: SmallVec::new(), waiters: None }
+        KeyState { key, holders: SmallVec::new(), busy: None }
     }
 
     pub fn is_idle(&self) -> bool {
-        self.holders.is_empty() && self.waiters.is_none()
+        self.holders.is_empty() && self.busy.is_none()
     }
 
-    pub fn has_upgrades(&self) -> bool {
-        self.waiters.as_ref().is_some_and(|w| !w.upgrades.is_empty())
+    // --- holders -----------------------------------------------------------------------
+
+    pub fn holders(&self) -> &[Holder] {
+        &self.holders
+    }
+
+    fn position(&self, owner: Owner) -> Option<usize> {
+        match self.busy.as_ref().and_then(|b| b.index.as_ref()) {
+            Some(index) => index.by_owner.get(&owner).copied(),
+            None => self.holders.iter().position(|h| h.owner == owner),
+        }
+    }
+
+    /// `owner`'s live (not lingering) hold on this key.
+    pub fn holder(&self, owner: Owner) -> Option<&Holder> {
+        self.position(owner).map(|i| &self.holders[i]).filter(|h| !h.lingering)
+    }
+
+    /// Gives `owner`'s live hold a new grant (a re-lock or a mode change); `None` when it
+    /// holds none.
+    /// Returns the value the hold had, if it had one.
+    pub fn regrant(&mut self, owner: Owner, mode: Mode, value: ValueId, token: u64, since: u64) -> Option<ValueId> {
+        let i = self.position(owner)?;
+        let holder = &mut self.holders[i];
+        if holder.lingering {
+            return None;
+        }
+        let old_token = std::mem::replace(&mut holder.token, token);
+        let old_value = std::mem::replace(&mut holder.value, value);
+        holder.mode = mode;
+        holder.since = since;
+        if let Some(index) = self.busy.as_mut().and_then(|b| b.index.as_mut()) {
+            index.by_token.remove(&old_token);
+            index.by_token.insert(token, i);
+        }
+        Some(old_value)
+    }
+
+    /// Whether some live holder has this token.
+    pub fn has_token(&self, token: u64) -> bool {
+        let found = match self.busy.as_ref().and_then(|b| b.index.as_ref()) {
+            Some(index) => index.by_token.get(&token).map(|&i| &self.holders[i]),
+            None => self.holders.iter().find(|h| h.token == token),
+        };
+        found.is_some_and(|h| h.token == token && !h.lingering)
+    }
+
+    pub fn push_holder(&mut self, holder: Holder) {
+        let i = self.holders.len();
+        let (owner, token) = (holder.owner, holder.token);
+        self.holders.push(holder);
+        if let Some(index) = self.busy.as_mut().and_then(|b| b.index.as_mut()) {
+            index.by_owner.insert(owner, i);
+            index.by_token.insert(token, i);
+        } else if self.holders.len() > INDEX_FROM {
+            let mut index = HolderIndex::default();
+            for (i, h) in self.holders.iter().enumerate() {
+                index.by_owner.insert(h.owner, i);
+                index.by_token.insert(h.token, i);
+            }
+            self.busy.get_or_insert_with(Box::default).index = Some(index);
+        }
+    }
+
+    /// Removes `owner`'s holder (live or lingering) and returns it.
+    pub fn remove_holder(&mut self, owner: Owner) -> Option<Holder> {
+        let i = self.position(owner)?;
+        let removed = self.holders.swap_remove(i);
+        if let Some(busy) = self.busy.as_mut() {
+            if removed.lingering {
+                busy.lingering -= 1;
+            }
+            if let Some(index) = busy.index.as_mut() {
+                index.by_owner.remove(&removed.owner);
+                index.by_token.remove(&removed.token);
+                if let Some(moved) = self.holders.get(i) {
+                    index.by_owner.insert(moved.owner, i);
+                    index.by_token.insert(moved.token, i);
+                }
+                if self.holders.len() < INDEX_FROM / 2 {
+                    busy.index = None;
+                }
+            }
+        }
+        self.drop_busy_if_empty();
+        Some(removed)
+    }
+
+    /// Marks `owner`'s live holder as lingering; returns its token.
+    pub fn set_lingering(&mut self, owner: Owner) -> Option<u64> {
+        let i = self.position(owner)?;
+        let holder = &mut self.holders[i];
+        if holder.lingering {
+            return None;
+        }
+        holder.lingering = true;
+        let token = holder.token;
+        self.busy.get_or_insert_with(Box::default).lingering += 1;
+        Some(token)
+    }
+
+    /// Whether the holders keep a request in `mode` (with `value`, for shared) out.
+    /// `upgrade`: the requester holds the key shared (its own hold does not count).
+    /// Exclusive is only ever held alone and shared holders all hold one value, so this
+    /// is O(1).
+    pub fn holders_block(&self, mode: Mode, value: ValueId, upgrade: bool) -> bool {
+        if self.busy.as_ref().is_some_and(|b| b.lingering > 0) {
+            return true;
+        }
+        match mode {
+            Mode::Shared => self.holders.first().is_some_and(|h| h.mode == Mode::Exclusive || h.value != value),
+            Mode::Exclusive => self.holders.len() > usize::from(upgrade),
+        }
+    }
+
+    // --- waiters -----------------------------------------------------------------------
+
+    /// Whether requests queued ahead of `rid` keep it out (`rid` need not be queued yet:
+    /// a new request is behind everyone).
+    pub fn queue_blocks(&self, rid: RequestId, mode: Mode, value: ValueId, upgrade: bool) -> bool {
+        let Some(busy) = &self.busy else { return false };
+        let upgrades_ahead = busy.upgrades.iter().take_while(|&&r| r != rid).next().is_some();
+        if upgrade || upgrades_ahead {
+            return upgrades_ahead;
+        }
+        match mode {
+            Mode::Exclusive => busy.queue.first_key_value().is_some_and(|(&first, _)| first < rid),
+            Mode::Shared => {
+                // The first request of another value ahead is among the first two heads.
+                let other_value_ahead = busy.heads.iter().take(2).find(|(_, v)| *v != value).is_some_and(|&(first, _)| first < rid);
+                other_value_ahead || busy.exclusive.first().is_some_and(|&first| first < rid)
+            }
+        }
+    }
+
+    /// The nearest exclusive request in the queue (not an upgrade) ahead of `rid`.
+    pub fn nearest_queued_exclusive_ahead(&self, rid: RequestId) -> Option<RequestId> {
+        self.busy.as_ref()?.exclusive.range(..rid).next_back().copied()
+    }
+
+    /// Shared requests queued ahead of `rid` and after `after` (a request in the queue),
+    /// whose value is not `value`.
+    pub fn other_values_ahead(&self, rid: RequestId, value: ValueId, after: Option<RequestId>) -> impl Iterator<Item = RequestId> + '_ {
+        let busy = self.busy.as_deref();
+        let from = after.map_or(0, |a| a + 1);
+        busy.into_iter()
+            .flat_map(move |b| b.heads.range(..(rid, 0)).filter(move |(_, v)| *v != value).map(move |(_, v)| &b.shared[v]))
+            .flat_map(move |class| class.range(from..rid).copied())
     }
 
     /// The waiters of this key in grant order.
     pub fn waiters(&self) -> impl Iterator<Item = RequestId> + '_ {
-        self.waiters.iter().flat_map(|w| w.upgrades.iter().chain(w.queue.iter())).copied()
+        self.busy.iter().flat_map(|b| b.upgrades.iter().chain(b.queue.keys())).copied()
     }
 
-    /// The waiters ahead of `rid`, nearest first.
-    pub fn ahead_of(&self, rid: RequestId) -> impl Iterator<Item = RequestId> + '_ {
-        let (upgrades, queue): (&[RequestId], _) = match &self.waiters {
+    /// The waiters ahead of `rid`, nearest first, with whether each is exclusive
+    /// (upgrades always are).
+    pub fn ahead_of(&self, rid: RequestId) -> impl Iterator<Item = (RequestId, bool)> + '_ {
+        let (upgrades, queue): (&[RequestId], _) = match &self.busy {
             None => (&[], None),
-            Some(w) => match w.upgrades.iter().position(|&r| r == rid) {
-                Some(i) => (&w.upgrades[..i], None),
-                None => (&w.upgrades[..], Some(w.queue.range(..w.queue.binary_search(&rid).unwrap_or_else(|i| i)))),
+            Some(b) => match b.upgrades.iter().position(|&r| r == rid) {
+                Some(i) => (&b.upgrades[..i], None),
+                None => (&b.upgrades[..], Some(b.queue.range(..rid))),
             },
         };
-        queue.into_iter().flat_map(|q| q.rev()).chain(upgrades.iter().rev()).copied()
+        queue
+            .into_iter()
+            .flat_map(|q| q.rev().map(|(r, class)| (*r, *class == EXCLUSIVE)))
+            .chain(upgrades.iter().rev().map(|&r| (r, true)))
     }
 
-    pub fn push_waiter(&mut self, rid: RequestId, upgrade: bool) {
-        let w = self.waiters.get_or_insert_with(Box::default);
+    /// The nearest exclusive request queued ahead of `rid` (upgrades are exclusive).
+    pub fn nearest_exclusive_ahead(&self, rid: RequestId) -> Option<RequestId> {
+        let busy = self.busy.as_ref()?;
+        match busy.upgrades.iter().position(|&r| r == rid) {
+            Some(i) => i.checked_sub(1).map(|j| busy.upgrades[j]),
+            None => busy.exclusive.range(..rid).next_back().copied().or_else(|| busy.upgrades.last().copied()),
+        }
+    }
+
+    pub fn push_waiter(&mut self, rid: RequestId, mode: Mode, value: ValueId, upgrade: bool) {
+        let busy = self.busy.get_or_insert_with(Box::default);
         if upgrade {
-            w.upgrades.push(rid);
+            busy.upgrades.push(rid);
+        } else if mode == Mode::Exclusive {
+            busy.queue.insert(rid, EXCLUSIVE);
+            busy.exclusive.insert(rid);
         } else {
-            w.queue.push_back(rid);
+            busy.queue.insert(rid, value);
+            let class = busy.shared.entry(value).or_default();
+            if class.is_empty() {
+                busy.heads.insert((rid, value));
+            }
+            class.insert(rid);
         }
     }
 
     pub fn remove_waiter(&mut self, rid: RequestId) {
-        let Some(w) = &mut self.waiters else { return };
-        if let Ok(i) = w.queue.binary_search(&rid) {
-            w.queue.remove(i);
-        } else {
-            w.upgrades.retain(|&r| r != rid);
+        let Some(busy) = &mut self.busy else { return };
+        match busy.queue.remove(&rid) {
+            Some(EXCLUSIVE) => {
+                busy.exclusive.remove(&rid);
+            }
+            Some(value) => {
+                let class = busy.shared.get_mut(&value).expect("a shared waiter's class");
+                class.remove(&rid);
+                if busy.heads.remove(&(rid, value)) {
+                    match class.first() {
+                        Some(&next) => {
+                            busy.heads.insert((next, value));
+                        }
+                        None => {
+                            busy.shared.remove(&value);
+                        }
+                    }
+                }
+            }
+            None => busy.upgrades.retain(|&r| r != rid),
         }
-        if w.upgrades.is_empty() && w.queue.is_empty() {
-            self.waiters = None;
+        busy.parked.remove(&(false, rid));
+        busy.parked.remove(&(true, rid));
+        self.drop_busy_if_empty();
+    }
+
+    pub fn park(&mut self, rid: RequestId, upgrade: bool) {
+        self.busy.get_or_insert_with(Box::default).parked.insert((!upgrade, rid));
+    }
+
+    pub fn unpark(&mut self, rid: RequestId, upgrade: bool) {
+        if let Some(busy) = &mut self.busy {
+            busy.parked.remove(&(!upgrade, rid));
+        }
+    }
+
+    /// The first request parked here after `after` (in queue order).
+    pub fn next_parked(&self, after: Option<(bool, RequestId)>) -> Option<(bool, RequestId)> {
+        let busy = self.busy.as_ref()?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        busy.parked.range((from, Bound::Unbounded)).next().copied()
+    }
+
+    fn drop_busy_if_empty(&mut self) {
+        if self.busy.as_ref().is_some_and(|b| b.is_empty()) {
+            self.busy = None;
         }
     }
 }
 
-/// Keys by name. The name lives inside each record, so a slot is one pointer.
+/// Keys by name. The name lives inside each record, so a slot is one pointer; a sorted
+/// index of the names serves `locks` listings page by page.
 #[derive(Debug, Default)]
 pub(super) struct KeyMap {
     slots: HashTable<Box<KeyState>>,
+    sorted: BTreeSet<Key>,
+    /// Sum of the names' lengths, for the memory estimate.
+    name_bytes: usize,
     /// Seeded per process, so clients cannot choose keys that collide.
     hasher: RandomState,
 }
@@ -95,6 +347,10 @@ impl KeyMap {
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    pub fn name_bytes(&self) -> usize {
+        self.name_bytes
     }
 
     pub fn get(&self, key: &str) -> Option<&KeyState> {
@@ -111,7 +367,14 @@ impl KeyMap {
         let hash = self.hash(key);
         let hasher = &self.hasher;
         let entry = self.slots.entry(hash, |s| *s.key == **key, |s| hasher.hash_one(&*s.key));
-        entry.or_insert_with(|| Box::new(KeyState::new(key.clone()))).into_mut()
+        let (sorted, name_bytes) = (&mut self.sorted, &mut self.name_bytes);
+        entry
+            .or_insert_with(|| {
+                sorted.insert(key.clone());
+                *name_bytes += key.len();
+                Box::new(KeyState::new(key.clone()))
+            })
+            .into_mut()
     }
 
     /// Forgets `key` if nobody holds or waits for it.
@@ -119,12 +382,22 @@ impl KeyMap {
         let hash = self.hash(key);
         if let Ok(entry) = self.slots.find_entry(hash, |s| *s.key == *key) {
             if entry.get().is_idle() {
-                entry.remove();
+                let (state, _) = entry.remove();
+                self.sorted.remove(&state.key);
+                self.name_bytes -= state.key.len();
             }
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &KeyState> {
-        self.slots.iter().map(|b| &**b)
+    /// Keys starting with `prefix` and sorting after `after`, in order.
+    pub fn range<'a>(&'a self, prefix: &'a str, after: Option<&str>) -> impl Iterator<Item = &'a KeyState> + 'a {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.sorted
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(move |k| k.starts_with(prefix))
+            .filter_map(move |k| self.get(k))
     }
 }

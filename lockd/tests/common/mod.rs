@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod attack;
+pub mod cluster;
+pub mod process;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
@@ -10,12 +14,18 @@ use std::time::Duration;
 
 use clap::Parser;
 use lockd::{Config, Server};
+use pklock_proto::auth::{AuthKey, Nonce, Proof, METHOD};
 use pklock_proto::frame::{self, FrameError};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for a reply it expects before failing.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The etcd of `LOCKD_TEST_CLUSTER`, when the suites run against a cluster node.
+pub fn cluster_under_test() -> Option<String> {
+    std::env::var("LOCKD_TEST_CLUSTER").ok().filter(|url| !url.is_empty())
+}
 
 pub struct TestServer {
     /// The first listening address.
@@ -30,8 +40,18 @@ impl TestServer {
         Self::with_args(&[])
     }
 
+    /// With `LOCKD_TEST_CLUSTER=etcd://HOST:PORT` the server is a cluster node on a prefix
+    /// of its own (`make test` runs the semantic suites both ways).
     pub fn with_args(args: &[&str]) -> Self {
-        let argv = ["lockd", "--listen", "127.0.0.1:0", "--log-level", "warn"].iter().chain(args);
+        let mut argv: Vec<String> = ["lockd", "--listen", "127.0.0.1:0", "--log-level", "warn"].iter().chain(args).map(|a| a.to_string()).collect();
+        if let Some(etcd) = cluster_under_test() {
+            // Unique within the run: a free port number is not (tests run at once, and two
+            // may be handed the same port), and nodes of another test on the same prefix would
+            // join its cluster.
+            static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            argv.extend(["--cluster".into(), etcd, "--cluster-prefix".into(), format!("/pklock-test/{}-{n}", std::process::id())]);
+        }
         let config = Config::parse_from(argv);
         let shutdown = CancellationToken::new();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -73,10 +93,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a stream connected some other way (e.g. with socket options set first).
+    pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         Client { stream, next_id: 0 }
+    }
+
+    /// Carries on the request ids of `lost` (a cluster session's ids must increase).
+    pub fn continue_ids_of(&mut self, lost: &Client) {
+        self.next_id = self.next_id.max(lost.next_id);
     }
 
     /// Sends a request and returns its id.
@@ -101,14 +130,33 @@ impl Client {
 
     /// The next reply, or None if nothing arrives within `wait`.
     pub fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        match self.read_reply(wait) {
+            Ok(reply) => reply,
+            Err(e) => panic!("reading reply: {e}"),
+        }
+    }
+
+    /// The next reply, or `None` if the server closed the connection instead; fails the
+    /// test if neither happens within REPLY_TIMEOUT.
+    pub fn recv_or_closed(&mut self) -> Option<Value> {
+        match self.read_reply(REPLY_TIMEOUT) {
+            Ok(reply) => Some(reply.expect("a reply or the connection closed")),
+            Err(FrameError::Closed) => None,
+            Err(FrameError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading reply: {e}"),
+        }
+    }
+
+    /// The next reply, `Ok(None)` if nothing arrives within `wait`.
+    fn read_reply(&mut self, wait: Duration) -> Result<Option<Value>, FrameError> {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut payload = Vec::new();
         let got = frame::read_frame(&mut self.stream, usize::MAX, &mut payload);
         self.stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         match got {
-            Ok(()) => Some(serde_json::from_slice(&payload).expect("reply is JSON")),
-            Err(FrameError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-            Err(e) => panic!("reading reply: {e}"),
+            Ok(()) => Ok(Some(serde_json::from_slice(&payload).expect("reply is JSON"))),
+            Err(FrameError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -125,6 +173,18 @@ impl Client {
         let reply = self.recv();
         assert_eq!(reply["id"], json!(id), "reply matches request");
         reply
+    }
+
+    /// `hello`, then `auth` with a proof made with `key` (docs/PROTOCOL.md,
+    /// "Authentication"); returns the `auth` reply and the two nonces it was made for.
+    pub fn authenticate(&mut self, key: &str) -> (Value, Nonce, Nonce) {
+        let hello = self.call("hello", json!({}));
+        assert_eq!(hello["auth"]["method"], json!(METHOD), "{hello}");
+        let server_nonce = Nonce::parse(hello["auth"]["nonce"].as_str().expect("a nonce")).expect("64 hex digits");
+        let client_nonce = Nonce::random().unwrap();
+        let proof = Proof::Client.compute(&AuthKey::new(key).unwrap(), &server_nonce, &client_nonce);
+        let reply = self.call_reply("auth", json!({"client_nonce": client_nonce.as_str(), "proof": proof}));
+        (reply, server_nonce, client_nonce)
     }
 
     /// Takes `key` for `owner`, failing unless it is granted; returns the token.

@@ -1,0 +1,167 @@
+//! Applies the cluster's log: watches everything under the prefix from the first
+//! revision on, and applies each batch and each node's lapse, in revision order, to this
+//! node's table. Every node runs the same loop over the same history, so every node
+//! holds the same table.
+//!
+//! The watch is only the transport: after an error it is reopened from the revision
+//! after the last one applied, so nothing is applied twice or skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::log::{Entry, KeyKind, Keys, Op, ABORTED};
+use super::sessions::{Admit, Sessions};
+use super::snapshot::{self, Writer};
+use super::{etcd, Node};
+use crate::mutation::Mutation;
+use crate::reply::encode_error;
+use crate::state::State;
+
+/// Fencing tokens granted by the batch at revision R are above R << TOKEN_SHIFT: they
+/// grow with etcd's revisions, across every restart of every node and of the cluster.
+pub const TOKEN_SHIFT: u32 = 20;
+
+pub async fn run(client: Client, keys: Keys, state: Arc<State>, sessions: Arc<Sessions>, applied: watch::Sender<i64>, snapshot_every: i64) {
+    let (loaded, mut next) = load_snapshot(&client, &keys, &state, &sessions).await;
+    applied.send_replace(loaded);
+    let mut snapshots = Writer::new(loaded);
+    loop {
+        let mut watch_client = client.clone();
+        let options = WatchOptions::new().with_prefix().with_start_revision(next);
+        let mut stream = match watch_client.watch(keys.all(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the cluster log; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "the watch of the cluster log broke; reopening it");
+                    break;
+                }
+            };
+            if response.canceled() {
+                // The history this node still needs was compacted: a snapshot covers it.
+                warn!(compacted_to = response.compact_revision(), "this node fell behind a compaction of the log; loading the snapshot");
+                let (loaded, from) = load_snapshot(&client, &keys, &state, &sessions).await;
+                if from < response.compact_revision() {
+                    error!(loaded, compacted_to = response.compact_revision(), "no snapshot covers the compacted history of this cluster; it cannot be rebuilt");
+                    std::process::exit(2);
+                }
+                next = from;
+                applied.send_replace(loaded);
+                break;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let revision = kv.mod_revision();
+                match (event.event_type(), keys.classify(kv.key())) {
+                    (EventType::Put, KeyKind::Batch) if kv.value() != ABORTED => apply_batch(&state, &sessions, revision, kv.value()),
+                    (EventType::Put, KeyKind::Node(node)) => sessions.node_alive(node),
+                    (EventType::Delete, KeyKind::Node(node)) => {
+                        for session in sessions.node_lapsed(node) {
+                            let (released, cancelled) = state.release_session(session);
+                            debug!(node, session, released, cancelled, "session of a lapsed node released");
+                        }
+                    }
+                    _ => {}
+                }
+                next = revision + 1;
+                applied.send_replace(revision);
+            }
+            snapshots.maybe_write(snapshot_every, &state, &sessions, next - 1, &client, &keys);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Loads the current snapshot, retrying until etcd answers; returns the revision it
+/// covers (0 when there is none yet) and the revision to apply the log from: the one after
+/// the snapshot, or without one, the cluster's first (its `config` key's creation: etcd's
+/// history before it may be compacted away, but none of it is this cluster's).
+async fn load_snapshot(client: &Client, keys: &Keys, state: &State, sessions: &Arc<Sessions>) -> (i64, i64) {
+    let mut client = client.clone();
+    loop {
+        match snapshot::load(&mut client, keys).await {
+            Ok(None) => match etcd("reading the cluster's config", client.get(keys.config(), None)).await {
+                Ok(config) => return (0, config.kvs().first().map_or(1, |kv| kv.create_revision())),
+                Err(e) => warn!(error = %e, "cannot read the cluster's config yet; retrying"),
+            },
+            Ok(Some(snapshot)) => {
+                let revision = snapshot.revision;
+                match snapshot.restore(state, sessions) {
+                    Ok(()) => {
+                        info!(revision, "loaded the cluster snapshot");
+                        return (revision, revision + 1);
+                    }
+                    Err(e) => {
+                        error!(error = %e, revision, "the snapshot does not rebuild; this node cannot join");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the cluster snapshot yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn apply_batch(state: &State, sessions: &Arc<Sessions>, revision: i64, value: &[u8]) {
+    let entries: Vec<Entry> = match serde_json::from_slice(value) {
+        Ok(entries) => entries,
+        Err(e) => {
+            // Every node skips it alike, so the tables stay the same.
+            error!(revision, error = %e, "unreadable batch in the cluster log; skipped");
+            return;
+        }
+    };
+    state.raise_token_floor((revision as u64) << TOKEN_SHIFT);
+    for entry in entries {
+        apply(state, sessions, entry);
+    }
+}
+
+/// Applies one entry; the same on every node.
+pub fn apply(state: &State, sessions: &Arc<Sessions>, entry: Entry) {
+    let id = entry.reply_id();
+    let Entry { session, epoch, seq, op, .. } = entry;
+    match op {
+        Op::Open { node, secret_digest } => sessions.open(session, node, secret_digest),
+        Op::Attach { node } => sessions.attach(session, node),
+        Op::RaiseTokens { above } => state.raise_token_floor(above),
+        Op::Close => {
+            if sessions.close(session, epoch) {
+                state.release_session(session);
+            }
+        }
+        Op::Mutate(mutation) => {
+            let from_client = !matches!(mutation, Mutation::TimeOut { .. });
+            match sessions.admit(session, epoch, seq) {
+                Admit::Apply => {
+                    let sink = || Node::sink(sessions, session) as Arc<dyn crate::outbox::ReplySink>;
+                    let mut out = Vec::new();
+                    mutation.apply(state, session, &id, &sink, true, &mut out);
+                    if !out.is_empty() {
+                        sessions.deliver(session, id.as_u64(), &out);
+                    }
+                }
+                Admit::Skip => {}
+                Admit::Expired if from_client => {
+                    let mut out = Vec::new();
+                    encode_error(&mut out, &id, &super::session_expired());
+                    sessions.send_local(session, &out);
+                }
+                Admit::Expired => {}
+            }
+        }
+    }
+}

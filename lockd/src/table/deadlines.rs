@@ -1,0 +1,82 @@
+//! Time: waits that run out and lock-delays that end. The table never reads a clock;
+//! the server calls [`LockTable::expire`] when [`LockTable::next_deadline`] comes.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use super::{Deadline, LockTable, Owner, WaitEnd, Wakeup};
+
+impl<W> LockTable<W> {
+    /// Ends the waits whose time ran out and the lock-delays that are over.
+    pub fn expire(&mut self, now: Instant, woken: &mut Vec<Wakeup<W>>) {
+        let mut dirty = Vec::new();
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, deadline)) = self.deadlines.pop().expect("peeked");
+            match deadline {
+                Deadline::Wait(rid) => {
+                    if self.pending.contains_key(&rid) {
+                        let expired = self.cancel(rid);
+                        self.forget_if_idle(expired.owner);
+                        self.timeouts += 1;
+                        dirty.extend(expired.queued_on.into_iter().map(|w| w.key));
+                        woken.push(Wakeup { waiter: expired.waiter, end: WaitEnd::TimedOut });
+                    }
+                }
+                Deadline::Linger { key, owner } => {
+                    if let Some(state) = self.keys.get_mut(&key) {
+                        if let Some(holder) = state.remove_holder(owner) {
+                            self.values.release(holder.value);
+                            self.held -= 1;
+                            self.lingering -= 1;
+                        }
+                        dirty.push(key);
+                    }
+                }
+            }
+        }
+        self.process(dirty, now, woken);
+    }
+
+    /// Ends `owner`'s wait as if its time ran out, if it is the one `is_it` recognises by
+    /// its waiter. Cluster nodes time waits outside the table (replicas read no clock)
+    /// and end them with this; a wait that ended meanwhile is left alone.
+    pub fn time_out(&mut self, owner: Owner, is_it: impl FnOnce(&W) -> bool, now: Instant, woken: &mut Vec<Wakeup<W>>) -> bool {
+        let Some(rid) = self.owner(owner).and_then(|o| o.pending) else {
+            return false;
+        };
+        if !is_it(&self.pending[&rid].waiter) {
+            return false;
+        }
+        let expired = self.cancel(rid);
+        self.forget_if_idle(owner);
+        self.timeouts += 1;
+        woken.push(Wakeup { waiter: expired.waiter, end: WaitEnd::TimedOut });
+        self.process(expired.queued_on.into_iter().map(|w| w.key).collect(), now, woken);
+        true
+    }
+
+    /// When `expire` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    pub(super) fn push_deadline(&mut self, at: Instant, what: Deadline) {
+        self.deadlines.push(Reverse((at, what)));
+    }
+
+    /// Granted or cancelled waits leave their deadline behind; drop them once they
+    /// outnumber the live ones, so the heap stays proportional to what is waiting.
+    pub(super) fn compact_deadlines(&mut self) {
+        let live = self.pending.len() + self.lingering;
+        if self.deadlines.len() > 2 * live + 1024 {
+            let pending = &self.pending;
+            self.deadlines.retain(|Reverse((_, d))| match d {
+                Deadline::Wait(rid) => pending.contains_key(rid),
+                Deadline::Linger { .. } => true,
+            });
+        }
+    }
+}
