@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 SERVERS = [("lockd", "#2a7ab0"), ("redis", "#c8553d")]
 
@@ -35,24 +36,32 @@ PANELS = [
         ("p99", "pair_latency_p99", "distinct keys"),
         ("p99.9", "pair_latency_p99.9", "distinct keys"),
     ]),
-    ("Memory (lower is better)", "bytes", False, [
-        ("per held lock", "bytes_per_lock", ""),
-        ("per idle conn. / 100", "bytes_per_connection", ""),
+    ("Memory per held lock (lower is better)", "bytes", False, [
+        ("1M locks held", "bytes_per_lock", ""),
+    ]),
+    ("Memory per idle connection (lower is better)", "bytes", False, [
+        ("idle connections", "bytes_per_connection", ""),
     ]),
 ]
+
+
+def plain(number):
+    """A bar label a reader need not decode: no scientific notation, thousands grouped."""
+    return f"{number:,.0f}" if abs(number) >= 100 else f"{number:.3g}"
 
 
 def value(records, server, metric, case_prefix):
     for r in records:
         if r["server"] == server and r["metric"] == metric and r["case"].startswith(case_prefix):
-            return r["value"] / (100 if metric == "bytes_per_connection" else 1)
+            return r["value"]
     return None
 
 
 def main(results, out):
     with open(results) as f:
         records = [json.loads(line) for line in f if line.startswith("{")]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    fig.delaxes(axes.flat[-1])
     for ax, (title, ylabel, log, bars) in zip(axes.flat, PANELS):
         width = 0.38
         for i, (server, color) in enumerate(SERVERS):
@@ -63,12 +72,13 @@ def main(results, out):
                     xs.append(j + (i - 0.5) * width)
                     ys.append(v)
             drawn = ax.bar(xs, ys, width, label=server, color=color)
-            ax.bar_label(drawn, fmt="%.3g", fontsize=8)
+            ax.bar_label(drawn, labels=[plain(y) for y in ys], fontsize=8)
         ax.set_xticks(range(len(bars)), [b[0] for b in bars])
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: plain(v)))
         ax.legend()
     fig.suptitle("pklock lockd vs redis-server (SET NX PX + compare-and-delete), same client, same machine")
     fig.tight_layout()
