@@ -327,9 +327,17 @@ function percentile(array $values, float $p): float
     return $values[max(0, (int) ceil($p / 100 * count($values)) - 1)];
 }
 
-/** Prints one result as a JSON line (read by report.php and plot.py). */
+/**
+ * Prints one result as a JSON line (read by report.php and plot.py). PKLOCK_BENCH_CONDITION
+ * (set by bench/php/run, e.g. "one core busy") is added to the case, so runs under different
+ * machine conditions sit side by side.
+ */
 function result(string $part, string $peer, string $case, string $metric, float $value, string $unit, array $extra = []): void
 {
+    $condition = getenv('PKLOCK_BENCH_CONDITION');
+    if ($condition !== false && $condition !== '') {
+        $case .= ", $condition";
+    }
     echo json_encode(['part' => $part, 'peer' => $peer, 'case' => $case, 'metric' => $metric, 'value' => $value, 'unit' => $unit] + $extra), "\n";
 }
 

@@ -76,6 +76,11 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 0, global = true)]
     retry_delay_ms: u64,
 
+    /// The machine's condition during the run, in words (e.g. "one core busy"): added to
+    /// the case of every record, so runs under different conditions sit side by side.
+    #[arg(long, value_name = "TEXT", global = true)]
+    condition: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -142,6 +147,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Command::Report { file, criterion } = &cli.command {
         return report::print(file, criterion.as_deref());
+    }
+    if let Some(condition) = &cli.condition {
+        report::set_condition(condition);
     }
     let redis_ttl = Duration::from_millis(cli.redis_ttl_ms);
     let retry_delay = Duration::from_millis(cli.retry_delay_ms);
