@@ -57,6 +57,13 @@ foreach ($peers as $peer) {
 }
 $pings = array_map(fn ($case) => find('pairs', 'pklock', 'pings_per_sec', $case), $cases);
 echo "| pklock rpc('ping'), round trips/s | ", implode(' | ', array_map(fn ($r) => $r === null ? '' : number($r['value']), $pings)), str_repeat(' | ', count($cases)), " |\n";
+// The servers' CPU per pair, from the same run (pairs.php, PKLOCK_BENCH_SERVER_PIDS).
+foreach ([...array_map(fn ($p) => [$p, 'server_cpu_per_pair', "$p: server CPU µs per pair"], $peers), ['pklock', 'server_cpu_per_ping', "pklock rpc('ping'): server CPU µs per ping"]] as [$peer, $metric, $label]) {
+    $cpu = array_map(fn ($case) => find('pairs', $peer, $metric, $case), $cases);
+    if (array_filter($cpu) !== []) {
+        echo "| $label | ", implode(' | ', array_map(fn ($r) => $r === null ? '' : number($r['value']), $cpu)), str_repeat(' | ', count($cases)), " |\n";
+    }
+}
 
 $b2bCases = array_values(array_unique(array_map(fn ($r) => $r['case'], array_filter($records, fn ($r) => $r['part'] === 'back_to_back'))));
 if ($b2bCases !== []) {

@@ -11,7 +11,7 @@
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 /// Descriptors of this process's open lockd connections.
@@ -19,6 +19,18 @@ static OPEN_SOCKETS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
 /// /dev/null, opened at startup (the child handler must not allocate or open files).
 static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
+
+/// This process's id, kept current by the child handler, so that the fork check every
+/// call makes costs no `getpid` system call. 0 until the handler is installed.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// This process's id.
+pub fn process_id() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => std::process::id(),
+        pid => pid,
+    }
+}
 
 /// Installs the child handler; called once at module startup.
 pub fn install() -> io::Result<()> {
@@ -36,7 +48,10 @@ pub fn install() -> io::Result<()> {
         }
         DEV_NULL.store(null, Ordering::Relaxed);
         match libc::pthread_atfork(None, None, Some(in_child)) {
-            0 => Ok(()),
+            0 => {
+                PID.store(std::process::id(), Ordering::Relaxed);
+                Ok(())
+            }
             code => Err(io::Error::from_raw_os_error(code)),
         }
     }
@@ -53,6 +68,8 @@ pub fn untrack(fd: RawFd) {
 }
 
 extern "C" fn in_child() {
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     let null = DEV_NULL.load(Ordering::Relaxed);
     if null < 0 {
         return;

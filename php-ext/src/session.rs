@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use crate::connection::{ConnError, Connection, PipelinedCheck, Timeouts};
 use crate::error::{quote_keys, ClientError, LossCause, Released};
+use crate::fork;
 use crate::nodes::{connect_order, Node};
 use crate::transport::TlsSettings;
 
@@ -193,7 +194,7 @@ impl Session {
         Session {
             addr: target.addr(),
             target,
-            pid: std::process::id(),
+            pid: fork::process_id(),
             conn: None,
             node: 0,
             suspended: None,
@@ -381,7 +382,7 @@ impl Session {
     pub fn describe(&self) -> String {
         let locks = self.held.values().map(HashMap::len).sum::<usize>();
         match (&self.conn, &self.suspended) {
-            _ if self.pid != std::process::id() && (self.conn.is_some() || self.suspended.is_some()) => {
+            _ if self.pid != fork::process_id() && (self.conn.is_some() || self.suspended.is_some()) => {
                 "inherited from the parent process, unused".into()
             }
             (Some(conn), _) => format!(
@@ -449,7 +450,7 @@ impl Session {
     /// locks are not the child's: drop the inherited state (closing our copy of the
     /// descriptor leaves the parent's connection open) and start afresh on next use.
     fn adopt_after_fork(&mut self) {
-        let pid = std::process::id();
+        let pid = fork::process_id();
         if self.pid != pid {
             *self = Session { pid, ..Session::new(self.target.clone()) };
         }
@@ -488,7 +489,7 @@ impl Session {
     /// fails meanwhile is handled as any loss: its holders hear of it on their next call.
     fn wait_releases(&mut self) {
         // A forked child's sessions are the parent's until the child adopts them.
-        if self.pid != std::process::id() {
+        if self.pid != fork::process_id() {
             return;
         }
         let Some(conn) = self.conn.as_mut().filter(|conn| conn.has_release_in_flight()) else {
