@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
 
+    /// Threads serving connections (default: one per CPU core). 1 spends the least CPU
+    /// per request when one core is plenty (docs/operations.md, "Threads").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Most locks held at once (a (key, owner) pair each), counting the new keys queued
     /// requests ask for.
     #[arg(long, default_value_t = 10_000_000)]

@@ -310,7 +310,7 @@ mod tests {
             (Some(default), _) => default.to_string_lossy().into_owned(),
             (None, Some("ADDR")) => "127.0.0.1:1".to_owned(),
             (None, Some("ETCD_URLS")) => "etcd://127.0.0.1:2379".to_owned(),
-            (None, Some("TOKEN")) => "1".to_owned(),
+            (None, Some("TOKEN" | "N")) => "1".to_owned(),
             // A non-empty file: key files are read as the flag is parsed.
             (None, Some("PATH" | "FILE" | "DIR")) => "/proc/self/exe".to_owned(),
             (None, _) => "sample".to_owned(),

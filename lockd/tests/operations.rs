@@ -1,6 +1,6 @@
 //! What an operator sees of the `lockd` binary: settings from a `--config` file and the
 //! environment (`--check-config`), SIGHUP reloading settings without touching locks, and
-//! the log lines of connections (plain text when stderr is a file).
+//! the log lines of connections (plain text when stderr is a file), the worker threads.
 
 mod common;
 
@@ -208,3 +208,20 @@ fn sighup_reloads_the_file_without_dropping_connections_or_locks() {
     assert!(after_reload.contains("refused: address not in --allow peer=127.0.0.2:"), "{after_reload}");
 }
 
+
+#[test]
+fn worker_threads_sets_how_many_threads_serve_connections() {
+    let dir = Scratch::new("threads");
+    // lockd names its runtime's threads.
+    let workers = |lockd: &Running| {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", lockd.child.id())).unwrap();
+        tasks.filter(|t| std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap().trim() == "lockd-worker").count()
+    };
+    for threads in [1, 3] {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let lockd = Running::start(&["--listen", &addr.to_string(), "--worker-threads", &threads.to_string()], addr, dir.0.join("lockd.log"));
+        let mut client = Client::connect(addr);
+        client.lock("k", 1);
+        assert_eq!(workers(&lockd), threads);
+    }
+}

@@ -50,7 +50,13 @@ fn main() -> anyhow::Result<()> {
     }
     let open_files = lockd::server::fit_open_file_limit(config)?;
     tracing::debug!(open_files, "open-file limit");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Named, so that `top -H` and `ps -L` show which threads are the server's.
+    runtime.thread_name("lockd-worker");
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let server = Server::bind(settings.config.clone()).await?;
         let shutdown = CancellationToken::new();
