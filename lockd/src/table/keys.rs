@@ -2,8 +2,9 @@
 //!
 //! Memory: a held lock is the table's biggest cost at a million locks, so each key is one
 //! boxed record found through an 8-byte slot, its first holder is stored inline, and
-//! everything a busy key needs (its wait queue, an index of many holders, lingering
-//! counts) lives in one box allocated only while the key is busy.
+//! everything a busy key needs (its wait queue, its further holders and their index,
+//! lingering counts) lives in one box allocated only while the key is busy. The record
+//! is kept at 56 bytes, which the allocator serves from its 64-byte class.
 //!
 //! Work: every question the granting code asks of a key (does a holder block this mode?
 //! is anyone incompatible queued ahead of this request? which holder is this owner's?) is
@@ -16,7 +17,6 @@ use std::ops::Bound;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use pklock_proto::Mode;
-use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
 use super::{Holder, Key, Owner, RequestId, ValueId};
@@ -30,13 +30,16 @@ const INDEX_FROM: usize = 8;
 #[derive(Debug)]
 pub(super) struct KeyState {
     pub key: Key,
-    holders: SmallVec<[Holder; 1]>,
+    /// Holder 0. Holders 1.. are `busy.more`; there are none while this is `None`.
+    first: Option<Holder>,
     busy: Option<Box<Busy>>,
 }
 
-/// What a key needs only while it has waiters, many holders or lingering holders.
+/// What a key needs only while it has waiters, more than one holder or lingering holders.
 #[derive(Debug, Default)]
 struct Busy {
+    /// The holders after the first, in order (holder `i` is `more[i - 1]`).
+    more: Vec<Holder>,
     /// Upgrades wait ahead of everyone else, in arrival order.
     upgrades: Vec<RequestId>,
     /// Other waiters in arrival order (request ids grow with arrival), with their class:
@@ -55,7 +58,7 @@ struct Busy {
     parked: BTreeSet<(bool, RequestId)>,
     /// Holders of a dead connection kept until the lock-delay runs out; they block all.
     lingering: usize,
-    /// Owner and token → position in `holders`, once there are many holders.
+    /// Owner and token → holder position, once there are many holders.
     index: Option<HolderIndex>,
 }
 
@@ -67,35 +70,64 @@ struct HolderIndex {
 
 impl Busy {
     fn is_empty(&self) -> bool {
-        self.upgrades.is_empty() && self.queue.is_empty() && self.lingering == 0 && self.index.is_none()
+        self.more.is_empty() && self.upgrades.is_empty() && self.queue.is_empty() && self.lingering == 0 && self.index.is_none()
     }
 }
 
 impl KeyState {
     fn new(key: Key) -> Self {
-        KeyState { key, holders: SmallVec::new(), busy: None }
+        KeyState { key, first: None, busy: None }
     }
 
     pub fn is_idle(&self) -> bool {
-        self.holders.is_empty() && self.busy.is_none()
+        self.first.is_none() && self.busy.is_none()
     }
 
     // --- holders -----------------------------------------------------------------------
 
-    pub fn holders(&self) -> &[Holder] {
-        &self.holders
+    /// The holders in order: the first, then `busy.more`.
+    pub fn holders(&self) -> impl Iterator<Item = &Holder> + '_ {
+        self.first.iter().chain(self.busy.iter().flat_map(|b| b.more.iter()))
+    }
+
+    fn holder_count(&self) -> usize {
+        usize::from(self.first.is_some()) + self.busy.as_ref().map_or(0, |b| b.more.len())
+    }
+
+    fn holder_at(&self, i: usize) -> &Holder {
+        match i {
+            0 => self.first.as_ref().expect("holder 0"),
+            _ => &self.busy.as_ref().expect("holders past the first").more[i - 1],
+        }
+    }
+
+    fn holder_at_mut(&mut self, i: usize) -> &mut Holder {
+        match i {
+            0 => self.first.as_mut().expect("holder 0"),
+            _ => &mut self.busy.as_mut().expect("holders past the first").more[i - 1],
+        }
+    }
+
+    /// Removes holder `i`, putting the last holder in its place (`Vec::swap_remove`).
+    fn swap_remove_holder(&mut self, i: usize) -> Holder {
+        let last = self.busy.as_mut().and_then(|b| b.more.pop());
+        match last {
+            None => self.first.take().expect("holder 0"),
+            Some(last) if i == self.holder_count() => last,
+            Some(last) => std::mem::replace(self.holder_at_mut(i), last),
+        }
     }
 
     fn position(&self, owner: Owner) -> Option<usize> {
         match self.busy.as_ref().and_then(|b| b.index.as_ref()) {
             Some(index) => index.by_owner.get(&owner).copied(),
-            None => self.holders.iter().position(|h| h.owner == owner),
+            None => self.holders().position(|h| h.owner == owner),
         }
     }
 
     /// `owner`'s live (not lingering) hold on this key.
     pub fn holder(&self, owner: Owner) -> Option<&Holder> {
-        self.position(owner).map(|i| &self.holders[i]).filter(|h| !h.lingering)
+        self.position(owner).map(|i| self.holder_at(i)).filter(|h| !h.lingering)
     }
 
     /// Gives `owner`'s live hold a new grant (a re-lock or a mode change); `None` when it
@@ -103,7 +135,7 @@ impl KeyState {
     /// Returns the value the hold had, if it had one.
     pub fn regrant(&mut self, owner: Owner, mode: Mode, value: ValueId, token: u64, since: u64) -> Option<ValueId> {
         let i = self.position(owner)?;
-        let holder = &mut self.holders[i];
+        let holder = self.holder_at_mut(i);
         if holder.lingering {
             return None;
         }
@@ -121,22 +153,26 @@ impl KeyState {
     /// Whether some live holder has this token.
     pub fn has_token(&self, token: u64) -> bool {
         let found = match self.busy.as_ref().and_then(|b| b.index.as_ref()) {
-            Some(index) => index.by_token.get(&token).map(|&i| &self.holders[i]),
-            None => self.holders.iter().find(|h| h.token == token),
+            Some(index) => index.by_token.get(&token).map(|&i| self.holder_at(i)),
+            None => self.holders().find(|h| h.token == token),
         };
         found.is_some_and(|h| h.token == token && !h.lingering)
     }
 
     pub fn push_holder(&mut self, holder: Holder) {
-        let i = self.holders.len();
+        let i = self.holder_count();
         let (owner, token) = (holder.owner, holder.token);
-        self.holders.push(holder);
+        if self.first.is_none() {
+            self.first = Some(holder);
+        } else {
+            self.busy.get_or_insert_with(Box::default).more.push(holder);
+        }
         if let Some(index) = self.busy.as_mut().and_then(|b| b.index.as_mut()) {
             index.by_owner.insert(owner, i);
             index.by_token.insert(token, i);
-        } else if self.holders.len() > INDEX_FROM {
+        } else if i + 1 > INDEX_FROM {
             let mut index = HolderIndex::default();
-            for (i, h) in self.holders.iter().enumerate() {
+            for (i, h) in self.holders().enumerate() {
                 index.by_owner.insert(h.owner, i);
                 index.by_token.insert(h.token, i);
             }
@@ -147,7 +183,9 @@ impl KeyState {
     /// Removes `owner`'s holder (live or lingering) and returns it.
     pub fn remove_holder(&mut self, owner: Owner) -> Option<Holder> {
         let i = self.position(owner)?;
-        let removed = self.holders.swap_remove(i);
+        let removed = self.swap_remove_holder(i);
+        let count = self.holder_count();
+        let moved = (i < count).then(|| self.holder_at(i)).map(|h| (h.owner, h.token));
         if let Some(busy) = self.busy.as_mut() {
             if removed.lingering {
                 busy.lingering -= 1;
@@ -155,11 +193,11 @@ impl KeyState {
             if let Some(index) = busy.index.as_mut() {
                 index.by_owner.remove(&removed.owner);
                 index.by_token.remove(&removed.token);
-                if let Some(moved) = self.holders.get(i) {
-                    index.by_owner.insert(moved.owner, i);
-                    index.by_token.insert(moved.token, i);
+                if let Some((owner, token)) = moved {
+                    index.by_owner.insert(owner, i);
+                    index.by_token.insert(token, i);
                 }
-                if self.holders.len() < INDEX_FROM / 2 {
+                if count < INDEX_FROM / 2 {
                     busy.index = None;
                 }
             }
@@ -171,7 +209,7 @@ impl KeyState {
     /// Marks `owner`'s live holder as lingering; returns its token.
     pub fn set_lingering(&mut self, owner: Owner) -> Option<u64> {
         let i = self.position(owner)?;
-        let holder = &mut self.holders[i];
+        let holder = self.holder_at_mut(i);
         if holder.lingering {
             return None;
         }
@@ -190,8 +228,8 @@ impl KeyState {
             return true;
         }
         match mode {
-            Mode::Shared => self.holders.first().is_some_and(|h| h.mode == Mode::Exclusive || h.value != value),
-            Mode::Exclusive => self.holders.len() > usize::from(upgrade),
+            Mode::Shared => self.first.as_ref().is_some_and(|h| h.mode == Mode::Exclusive || h.value != value),
+            Mode::Exclusive => self.holder_count() > usize::from(upgrade),
         }
     }
 

@@ -32,7 +32,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pklock_proto::{CycleStep, Mode};
@@ -57,7 +56,8 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub type ConnId = u64;
-pub type Key = Arc<str>;
+/// A key name, shared by the indexes that name it (one word, where `Arc<str>` takes two).
+pub type Key = arcstr::ArcStr;
 type RequestId = u64;
 
 /// Who holds or waits: an owner handle chosen by the client on one connection.
