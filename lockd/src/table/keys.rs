@@ -1,10 +1,10 @@
 //! Per-key state and the map that holds it, laid out for memory and for bounded work.
 //!
 //! Memory: a held lock is the table's biggest cost at a million locks, so each key is one
-//! boxed record found through an 8-byte slot, its first holder is stored inline, and
+//! record in a slab found through a 4-byte slot, its first holder is stored inline, and
 //! everything a busy key needs (its wait queue, its further holders and their index,
 //! lingering counts) lives in one box allocated only while the key is busy. The record
-//! is kept at 56 bytes, which the allocator serves from its 64-byte class.
+//! is 56 bytes.
 //!
 //! Work: every question the granting code asks of a key (does a holder block this mode?
 //! is anyone incompatible queued ahead of this request? which holder is this owner's?) is
@@ -17,6 +17,7 @@ use std::ops::Bound;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use pklock_proto::Mode;
+use slab::Slab;
 use std::hash::BuildHasher;
 
 use super::{Holder, Key, Owner, RequestId, ValueId};
@@ -366,11 +367,14 @@ impl KeyState {
     }
 }
 
-/// Keys by name. The name lives inside each record, so a slot is one pointer; a sorted
+/// Keys by name. The records sit side by side in a slab and a hash slot is a record's
+/// 4-byte position there: a boxed record would cost an 8-byte slot plus the allocator's
+/// header and size-class rounding, per key. The name lives inside each record. A sorted
 /// index of the names serves `locks` listings page by page.
 #[derive(Debug, Default)]
 pub(super) struct KeyMap {
-    slots: HashTable<Box<KeyState>>,
+    records: Slab<KeyState>,
+    slots: HashTable<u32>,
     sorted: BTreeSet<Key>,
     /// Sum of the names' lengths, for the memory estimate.
     name_bytes: usize,
@@ -391,36 +395,45 @@ impl KeyMap {
         self.name_bytes
     }
 
+    fn find(&self, key: &str) -> Option<usize> {
+        let records = &self.records;
+        self.slots.find(self.hash(key), |&id| *records[id as usize].key == *key).map(|&id| id as usize)
+    }
+
     pub fn get(&self, key: &str) -> Option<&KeyState> {
-        self.slots.find(self.hash(key), |s| *s.key == *key).map(|b| &**b)
+        self.find(key).map(|id| &self.records[id])
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut KeyState> {
-        let hash = self.hash(key);
-        self.slots.find_mut(hash, |s| *s.key == *key).map(|b| &mut **b)
+        self.find(key).map(|id| &mut self.records[id])
     }
 
     /// The state of `key`, created empty if it has none.
     pub fn get_or_insert(&mut self, key: &Key) -> &mut KeyState {
-        let hash = self.hash(key);
-        let hasher = &self.hasher;
-        let entry = self.slots.entry(hash, |s| *s.key == **key, |s| hasher.hash_one(&*s.key));
-        let (sorted, name_bytes) = (&mut self.sorted, &mut self.name_bytes);
-        entry
-            .or_insert_with(|| {
-                sorted.insert(key.clone());
-                *name_bytes += key.len();
-                Box::new(KeyState::new(key.clone()))
-            })
-            .into_mut()
+        let id = match self.find(key) {
+            Some(id) => id,
+            None => {
+                let id = self.records.insert(KeyState::new(key.clone()));
+                let slot = u32::try_from(id).expect("fewer than 2^32 keys (each takes over 100 bytes)");
+                let (records, hasher) = (&self.records, &self.hasher);
+                self.slots.insert_unique(self.hash(key), slot, |&id| hasher.hash_one(&*records[id as usize].key));
+                self.sorted.insert(key.clone());
+                self.name_bytes += key.len();
+                id
+            }
+        };
+        &mut self.records[id]
     }
 
     /// Forgets `key` if nobody holds or waits for it.
     pub fn remove_if_idle(&mut self, key: &str) {
         let hash = self.hash(key);
-        if let Ok(entry) = self.slots.find_entry(hash, |s| *s.key == *key) {
-            if entry.get().is_idle() {
-                let (state, _) = entry.remove();
+        let records = &self.records;
+        if let Ok(entry) = self.slots.find_entry(hash, |&id| *records[id as usize].key == *key) {
+            let id = *entry.get() as usize;
+            if records[id].is_idle() {
+                entry.remove();
+                let state = self.records.remove(id);
                 self.sorted.remove(&state.key);
                 self.name_bytes -= state.key.len();
             }

@@ -580,3 +580,9 @@ fn an_owner_that_locks_and_unlocks_again_and_again_keeps_a_short_list_and_releas
     assert_eq!(f.table.stats().locks, 0);
     assert_eq!(f.table.stats().keys, 0);
 }
+
+#[test]
+fn a_key_record_stays_within_56_bytes() {
+    // One per held lock: a few bytes more cost megabytes at a million locks.
+    assert!(std::mem::size_of::<keys::KeyState>() <= 56, "{} bytes", std::mem::size_of::<keys::KeyState>());
+}
