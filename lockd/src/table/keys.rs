@@ -2,9 +2,9 @@
 //!
 //! Memory: a held lock is the table's biggest cost at a million locks, so each key is one
 //! record in a slab found through a 4-byte slot, its first holder is stored inline, and
-//! everything a busy key needs (its wait queue, its further holders and their index,
-//! lingering counts) lives in one box allocated only while the key is busy. The record
-//! is 56 bytes.
+//! everything a busy key needs (its further holders and their index, lingering counts,
+//! and in a box of its own its wait queue) lives in a box allocated only while the key
+//! is busy. The record is 56 bytes.
 //!
 //! Work: every question the granting code asks of a key (does a holder block this mode?
 //! is anyone incompatible queued ahead of this request? which holder is this owner's?) is
@@ -41,6 +41,17 @@ pub(super) struct KeyState {
 struct Busy {
     /// The holders after the first, in order (holder `i` is `more[i - 1]`).
     more: Vec<Holder>,
+    /// Holders of a dead connection kept until the lock-delay runs out; they block all.
+    lingering: usize,
+    /// Owner and token → holder position, once there are many holders.
+    index: Option<Box<HolderIndex>>,
+    /// Boxed apart, so that a key with a few shared holders and nobody waiting stays small.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// A key's wait queue.
+#[derive(Debug, Default)]
+struct Waiting {
     /// Upgrades wait ahead of everyone else, in arrival order.
     upgrades: Vec<RequestId>,
     /// Other waiters in arrival order (request ids grow with arrival), with their class:
@@ -57,10 +68,6 @@ struct Busy {
     /// that blocks it and is looked at again only when that key changes. Ordered like the
     /// queue: upgrades (`false`) first, then by arrival.
     parked: BTreeSet<(bool, RequestId)>,
-    /// Holders of a dead connection kept until the lock-delay runs out; they block all.
-    lingering: usize,
-    /// Owner and token → holder position, once there are many holders.
-    index: Option<HolderIndex>,
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +78,13 @@ struct HolderIndex {
 
 impl Busy {
     fn is_empty(&self) -> bool {
-        self.more.is_empty() && self.upgrades.is_empty() && self.queue.is_empty() && self.lingering == 0 && self.index.is_none()
+        self.more.is_empty() && self.lingering == 0 && self.index.is_none() && self.waiting.is_none()
+    }
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.upgrades.is_empty() && self.queue.is_empty()
     }
 }
 
@@ -177,7 +190,7 @@ impl KeyState {
                 index.by_owner.insert(h.owner, i);
                 index.by_token.insert(h.token, i);
             }
-            self.busy.get_or_insert_with(Box::default).index = Some(index);
+            self.busy.get_or_insert_with(Box::default).index = Some(Box::new(index));
         }
     }
 
@@ -236,10 +249,22 @@ impl KeyState {
 
     // --- waiters -----------------------------------------------------------------------
 
+    fn waiting(&self) -> Option<&Waiting> {
+        self.busy.as_ref()?.waiting.as_deref()
+    }
+
+    fn waiting_mut(&mut self) -> Option<&mut Waiting> {
+        self.busy.as_mut()?.waiting.as_deref_mut()
+    }
+
+    fn waiting_or_insert(&mut self) -> &mut Waiting {
+        self.busy.get_or_insert_with(Box::default).waiting.get_or_insert_with(Box::default)
+    }
+
     /// Whether requests queued ahead of `rid` keep it out (`rid` need not be queued yet:
     /// a new request is behind everyone).
     pub fn queue_blocks(&self, rid: RequestId, mode: Mode, value: ValueId, upgrade: bool) -> bool {
-        let Some(busy) = &self.busy else { return false };
+        let Some(busy) = self.waiting() else { return false };
         let upgrades_ahead = busy.upgrades.iter().take_while(|&&r| r != rid).next().is_some();
         if upgrade || upgrades_ahead {
             return upgrades_ahead;
@@ -256,13 +281,13 @@ impl KeyState {
 
     /// The nearest exclusive request in the queue (not an upgrade) ahead of `rid`.
     pub fn nearest_queued_exclusive_ahead(&self, rid: RequestId) -> Option<RequestId> {
-        self.busy.as_ref()?.exclusive.range(..rid).next_back().copied()
+        self.waiting()?.exclusive.range(..rid).next_back().copied()
     }
 
     /// Shared requests queued ahead of `rid` and after `after` (a request in the queue),
     /// whose value is not `value`.
     pub fn other_values_ahead(&self, rid: RequestId, value: ValueId, after: Option<RequestId>) -> impl Iterator<Item = RequestId> + '_ {
-        let busy = self.busy.as_deref();
+        let busy = self.waiting();
         let from = after.map_or(0, |a| a + 1);
         busy.into_iter()
             .flat_map(move |b| b.heads.range(..(rid, 0)).filter(move |(_, v)| *v != value).map(move |(_, v)| &b.shared[v]))
@@ -271,13 +296,13 @@ impl KeyState {
 
     /// The waiters of this key in grant order.
     pub fn waiters(&self) -> impl Iterator<Item = RequestId> + '_ {
-        self.busy.iter().flat_map(|b| b.upgrades.iter().chain(b.queue.keys())).copied()
+        self.waiting().into_iter().flat_map(|b| b.upgrades.iter().chain(b.queue.keys())).copied()
     }
 
     /// The waiters ahead of `rid`, nearest first, with whether each is exclusive
     /// (upgrades always are).
     pub fn ahead_of(&self, rid: RequestId) -> impl Iterator<Item = (RequestId, bool)> + '_ {
-        let (upgrades, queue): (&[RequestId], _) = match &self.busy {
+        let (upgrades, queue): (&[RequestId], _) = match self.waiting() {
             None => (&[], None),
             Some(b) => match b.upgrades.iter().position(|&r| r == rid) {
                 Some(i) => (&b.upgrades[..i], None),
@@ -292,7 +317,7 @@ impl KeyState {
 
     /// The nearest exclusive request queued ahead of `rid` (upgrades are exclusive).
     pub fn nearest_exclusive_ahead(&self, rid: RequestId) -> Option<RequestId> {
-        let busy = self.busy.as_ref()?;
+        let busy = self.waiting()?;
         match busy.upgrades.iter().position(|&r| r == rid) {
             Some(i) => i.checked_sub(1).map(|j| busy.upgrades[j]),
             None => busy.exclusive.range(..rid).next_back().copied().or_else(|| busy.upgrades.last().copied()),
@@ -300,7 +325,7 @@ impl KeyState {
     }
 
     pub fn push_waiter(&mut self, rid: RequestId, mode: Mode, value: ValueId, upgrade: bool) {
-        let busy = self.busy.get_or_insert_with(Box::default);
+        let busy = self.waiting_or_insert();
         if upgrade {
             busy.upgrades.push(rid);
         } else if mode == Mode::Exclusive {
@@ -317,7 +342,7 @@ impl KeyState {
     }
 
     pub fn remove_waiter(&mut self, rid: RequestId) {
-        let Some(busy) = &mut self.busy else { return };
+        let Some(busy) = self.waiting_mut() else { return };
         match busy.queue.remove(&rid) {
             Some(EXCLUSIVE) => {
                 busy.exclusive.remove(&rid);
@@ -340,22 +365,25 @@ impl KeyState {
         }
         busy.parked.remove(&(false, rid));
         busy.parked.remove(&(true, rid));
-        self.drop_busy_if_empty();
+        if busy.is_empty() {
+            self.busy.as_mut().expect("it has a queue").waiting = None;
+            self.drop_busy_if_empty();
+        }
     }
 
     pub fn park(&mut self, rid: RequestId, upgrade: bool) {
-        self.busy.get_or_insert_with(Box::default).parked.insert((!upgrade, rid));
+        self.waiting_or_insert().parked.insert((!upgrade, rid));
     }
 
     pub fn unpark(&mut self, rid: RequestId, upgrade: bool) {
-        if let Some(busy) = &mut self.busy {
+        if let Some(busy) = self.waiting_mut() {
             busy.parked.remove(&(!upgrade, rid));
         }
     }
 
     /// The first request parked here after `after` (in queue order).
     pub fn next_parked(&self, after: Option<(bool, RequestId)>) -> Option<(bool, RequestId)> {
-        let busy = self.busy.as_ref()?;
+        let busy = self.waiting()?;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         busy.parked.range((from, Bound::Unbounded)).next().copied()
     }
