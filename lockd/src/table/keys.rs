@@ -179,7 +179,13 @@ impl KeyState {
         if self.first.is_none() {
             self.first = Some(holder);
         } else {
-            self.busy.get_or_insert_with(Box::default).more.push(holder);
+            let more = &mut self.busy.get_or_insert_with(Box::default).more;
+            // Most shared keys have two holders at most; the second then costs one slot,
+            // not the four that a vector's first growth makes room for.
+            if more.capacity() == 0 {
+                more.reserve_exact(1);
+            }
+            more.push(holder);
         }
         if let Some(index) = self.busy.as_mut().and_then(|b| b.index.as_mut()) {
             index.by_owner.insert(owner, i);
