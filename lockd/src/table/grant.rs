@@ -46,7 +46,9 @@ impl<W> LockTable<W> {
             self.values.retain(value);
         }
         self.held += added.len();
-        self.owner_mut(owner).held.extend(added);
+        let state = self.owner_mut(owner);
+        state.held += added.len();
+        state.held_keys.extend(added);
         token
     }
 

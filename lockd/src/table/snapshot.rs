@@ -95,7 +95,6 @@ impl<W> LockTable<W> {
                 key: state.key.to_string(),
                 holders: state
                     .holders()
-                    .iter()
                     .take(limit)
                     .map(|h| HolderView {
                         owner: h.owner,

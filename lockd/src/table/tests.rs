@@ -562,3 +562,27 @@ fn a_rebuilt_table_grants_in_the_order_of_the_original() {
     assert_eq!(original.iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["first", "second"]);
     assert_eq!(run(&mut copy), original);
 }
+
+#[test]
+fn an_owner_that_locks_and_unlocks_again_and_again_keeps_a_short_list_and_releases_each_key_once() {
+    let mut f = Fixture::new();
+    let a = owner(1, 1);
+    f.x(a, &["kept"], "a");
+    for _ in 0..100 {
+        f.x(a, &["k", "l"], "a");
+        assert_eq!(f.unlock(a, &["k"]).released, vec!["k".to_string()]);
+        f.unlock(a, &["l"]);
+    }
+    f.x(a, &["k"], "a");
+    // "kept" and "k" are held; every unlock left an entry, and relocked "k" is listed again.
+    assert!(f.table.owner(a).unwrap().held_keys.len() <= 2 * 2 + 8 + 1);
+    assert_eq!(f.table.release_owner(a, f.now, &mut f.woken), (2, 0));
+    assert_eq!(f.table.stats().locks, 0);
+    assert_eq!(f.table.stats().keys, 0);
+}
+
+#[test]
+fn a_key_record_stays_within_56_bytes() {
+    // One per held lock: a few bytes more cost megabytes at a million locks.
+    assert!(std::mem::size_of::<keys::KeyState>() <= 56, "{} bytes", std::mem::size_of::<keys::KeyState>());
+}
