@@ -107,7 +107,9 @@ pub async fn serve(
                             send_now |= handle_frame(&shared, conn, &outbox, &mut auth, &mut session, &mut out, &payload);
                             if let (Some(node), Some(s)) = (shared.cluster(), session.as_mut()) {
                                 if s.resume_asked.is_some() {
-                                    node.finish_resume(&shared, s, &outbox, &mut out).await;
+                                    // Boxed: cluster futures (etcd calls) are large, and
+                                    // inline they would grow every connection's task.
+                                    Box::pin(node.finish_resume(&shared, s, &outbox, &mut out)).await;
                                     send_now = true;
                                 }
                             }
@@ -159,7 +161,7 @@ pub async fn serve(
 
     if let (Some(node), Some(session)) = (shared.cluster(), &session) {
         // A node that leaves, or whose session moved, leaves the locks to the session.
-        node.disconnected(session, why_closed != SHUTTING_DOWN && why_closed != SESSION_MOVED).await;
+        Box::pin(node.disconnected(session, why_closed != SHUTTING_DOWN && why_closed != SESSION_MOVED)).await;
     }
     // A string field: the log quotes and escapes it, so a client's name cannot forge lines.
     let client = shared.client(conn).unwrap_or_else(|| "-".to_owned());

@@ -277,3 +277,29 @@ fn a_live_holder_that_does_not_read_keeps_its_lock() {
     assert_ping_is_prompt(&mut other, "slow holder");
     assert_growth_below(&lockd, base, 50 * MB, "slow holder");
 }
+
+/// Bound: an idle connection costs the server a few KiB (its task, buffers and table
+/// entry; the kernel's socket memory is not in RSS). Before: 12.8 KiB, because the rarely
+/// used cluster steps (etcd requests) were inlined into every connection's task.
+#[test]
+fn idle_connections_cost_a_few_kilobytes_each() {
+    const CLIENTS: usize = 2000;
+    const BOUND_PER_CLIENT: u64 = 6 * 1024;
+    rlimit::increase_nofile_limit(CLIENTS as u64 + 200).unwrap();
+    let lockd = LockdProcess::spawn(&[]);
+    // One connection first, so that what every connection shares is already there.
+    let mut first = lockd.client();
+    first.call("ping", json!({}));
+    let base = lockd.rss();
+    let clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = lockd.client();
+            client.call("ping", json!({}));
+            client
+        })
+        .collect();
+    let per_client = lockd.rss().saturating_sub(base) / CLIENTS as u64;
+    eprintln!("{CLIENTS} idle connections: {per_client} B of server RSS each");
+    assert!(per_client < BOUND_PER_CLIENT, "{per_client} B per idle connection (bound {BOUND_PER_CLIENT} B)");
+    drop(clients);
+}
