@@ -1,14 +1,16 @@
 //! The requests that change the lock table, as data: `lock`, `unlock`, `release_all`, and
-//! in cluster mode the end of a timed wait. A single lockd applies one as it arrives; a
-//! cluster node writes it to the log in etcd and every node applies it from there
-//! ([`crate::cluster`]). The same [`Mutation::apply`] serves both, so a cluster answers
-//! exactly as a single lockd does.
+//! in cluster mode the end of a timed wait; and `check`, which changes nothing but must
+//! see every change before it. A single lockd applies one as it arrives; a cluster node
+//! writes it to the log in etcd and every node applies it from there ([`crate::cluster`]),
+//! so a `check` answered by any node reflects every lock and unlock that was answered
+//! before it was asked, on whichever node (linearizable). The same [`Mutation::apply`]
+//! serves both, so a cluster answers exactly as a single lockd does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pklock_proto::frame::encode_into;
-use pklock_proto::{ErrorBody, LegacyUnlockReply, Mode, ReleaseAllResult, UnlockResult};
+use pklock_proto::{CheckResult, ErrorBody, LegacyUnlockReply, Mode, ReleaseAllResult, UnlockResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -46,6 +48,8 @@ pub enum Mutation {
     ReleaseAll { owner: Option<u64> },
     /// Cluster mode: the wait of request `request` (its id) of `owner` ran out.
     TimeOut { owner: u64, request: Value },
+    /// Whether `token` is the current grant of `key` (Chubby's CheckSequencer).
+    Check { key: String, token: u64 },
 }
 
 impl Mutation {
@@ -116,6 +120,9 @@ impl Mutation {
             Mutation::TimeOut { owner, request } => {
                 // The reply is the timed-out wait's own, sent through its sink.
                 state.time_out(Owner { conn, handle: owner }, |w| w.id == request);
+            }
+            Mutation::Check { key, token } => {
+                encode_result(out, id, &CheckResult { valid: state.check(&key, token) });
             }
         }
         Ok(())

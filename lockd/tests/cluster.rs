@@ -414,3 +414,25 @@ fn a_session_closed_while_its_node_was_in_doubt_is_released_after_its_ttl_if_nob
     let granted = waiter.try_recv(Duration::from_secs(10)).expect("the lock of a session nobody resumed was never released");
     assert_eq!(granted["id"], json!(wait_id), "{granted}");
 }
+
+#[test]
+fn check_through_any_node_sees_every_lock_and_unlock_answered_before_it() {
+    if !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start(1);
+    let p = prefix("check");
+    let (n1, n2) = (node(&etcd, &p, 5), node(&etcd, &p, 5));
+    let (mut a, mut b) = (n1.client(), n2.client());
+    hello(&mut a);
+    hello(&mut b);
+    // Each step is asked only after the one before was answered: a node whose copy of the
+    // table lags must not answer from it.
+    for round in 0..100 {
+        let key = format!("k{round}");
+        let token = a.lock(&key, 0);
+        assert_eq!(b.call("check", json!({"key": key, "token": token})), json!({"valid": true}), "round {round}: a granted lock is not seen");
+        a.call("unlock", json!({"keys": key}));
+        assert_eq!(b.call("check", json!({"key": key, "token": token})), json!({"valid": false}), "round {round}: a released lock is vouched for");
+    }
+}
