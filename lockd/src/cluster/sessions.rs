@@ -26,6 +26,11 @@ use crate::table::ConnId;
 /// a handful of requests in flight at most.
 const RECENT_REPLIES: usize = 32;
 
+/// ... and at most this many bytes of them, the newest reply always kept: an `unlock` of
+/// `--max-keys` long keys answers about a MiB listing them, and 32 of those per session,
+/// on every node and in every snapshot, would be memory no limit counts.
+const RECENT_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     node: NodeNumber,
@@ -317,10 +322,8 @@ impl Sessions {
         if let (Some(seq), Some(record)) = (seq, inner.records.get_mut(&session)) {
             // One reply frame, which is JSON after its header.
             if let Some(json) = frame.get(HEADER_LEN..).and_then(|j| std::str::from_utf8(j).ok()) {
-                if record.recent.len() == RECENT_REPLIES {
-                    record.recent.pop_front();
-                }
                 record.recent.push_back((seq, json.into()));
+                keep_recent_within_bounds(&mut record.recent);
             }
         }
         if !inner.may_reply() {
@@ -369,9 +372,55 @@ impl ReplySink for SessionSink {
     }
 }
 
+/// Drops the oldest replies past [`RECENT_REPLIES`] or [`RECENT_BYTES`], never the newest.
+/// Every node keeps the same replies, so every node drops the same.
+fn keep_recent_within_bounds(recent: &mut VecDeque<(u64, Box<str>)>) {
+    let mut bytes: usize = recent.iter().map(|(_, reply)| reply.len()).sum();
+    while recent.len() > RECENT_REPLIES || (recent.len() > 1 && bytes > RECENT_BYTES) {
+        let (_, dropped) = recent.pop_front().expect("more than one reply is kept");
+        bytes -= dropped.len();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kept replies of `session`: (request id, bytes).
+    fn kept(sessions: &Sessions, session: ConnId) -> Vec<(u64, usize)> {
+        sessions.inner.lock().records[&session].recent.iter().map(|(id, reply)| (*id, reply.len())).collect()
+    }
+
+    fn reply_frame(bytes: usize) -> Vec<u8> {
+        let mut frame = vec![0; HEADER_LEN];
+        frame.extend(std::iter::repeat_n(b'x', bytes));
+        frame
+    }
+
+    #[test]
+    fn replies_kept_for_a_resume_are_bounded_in_count_and_bytes() {
+        let sessions = Sessions::new(1);
+        sessions.node_alive(1);
+        sessions.open(7, 1, String::new());
+        for id in 1..=100 {
+            sessions.deliver(7, Some(id), &reply_frame(100));
+        }
+        let small = kept(&sessions, 7);
+        assert_eq!(small.len(), RECENT_REPLIES, "at most {RECENT_REPLIES} replies");
+        assert_eq!(small.last().unwrap().0, 100, "the newest is kept");
+        // An attacker's big replies (a long unlock echoes its keys): bytes stay bounded.
+        for id in 101..=200 {
+            sessions.deliver(7, Some(id), &reply_frame(20_000));
+        }
+        let big = kept(&sessions, 7);
+        assert!(big.iter().map(|(_, n)| n).sum::<usize>() <= RECENT_BYTES, "{big:?}");
+        assert_eq!(big.last().unwrap().0, 200);
+        // A reply larger than the bound alone is still kept, until a newer one comes.
+        sessions.deliver(7, Some(201), &reply_frame(1 << 20));
+        assert_eq!(kept(&sessions, 7), [(201, 1 << 20)]);
+        sessions.deliver(7, Some(202), &reply_frame(100));
+        assert_eq!(kept(&sessions, 7), [(202, 100)]);
+    }
 
     #[test]
     fn a_lapsed_node_s_sessions_come_in_the_same_order_on_every_node() {
