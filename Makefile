@@ -116,6 +116,7 @@ test-deb:
 # Every benchmark for about a second: proves they build and run; never asserts a time.
 bench-smoke: build php-ini
 	bench/run --smoke
+	ROUNDS=1 DURATION=0.2 CONNECTIONS=2 bench/ab "--worker-threads 1" ""
 
 # The chaos test of `make test` (php-tests/Chaos), for as long as asked. Workers run with
 # php -n, so only this pklock.so is loaded; the checker keeps the whole history in memory.
