@@ -218,7 +218,18 @@ fn losing_the_etcd_leader_loses_no_lock_and_without_quorum_nodes_say_unavailable
         assert!(started.elapsed() < Duration::from_secs(20), "no writes after the leader died");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(c.call("check", json!({"key": "l", "token": token})), json!({"valid": true}));
+    // check is written to the log too: one caught in a further election is refused
+    // (`unavailable`), never answered from a guess.
+    let started = Instant::now();
+    let checked = loop {
+        let r = c.call_reply("check", json!({"key": "l", "token": token}));
+        if r["error"]["code"] != json!("unavailable") {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "check still refused 20 s after the election: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(checked["result"], json!({"valid": true}), "{checked}");
     // The lease's renewals may have stalled in the election too: wait for a fresh one, so
     // that what follows starts with the whole safety margin (12 of the lease's 16 s).
     let started = Instant::now();
