@@ -34,21 +34,21 @@ impl<W> LockTable<W> {
         let epoch = *self.epoch.get_or_insert(now);
         let since = u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
         let mut added = Vec::new();
+        let listed = self.owner(owner).map_or(0, |o| o.held_keys.len());
         for key in keys {
             let state = self.keys.get_or_insert(key);
             match state.regrant(owner, mode, value, token, since) {
                 Some(old) => self.values.release(old),
                 None => {
-                    state.push_holder(super::Holder { owner, mode, token, since, lingering: false, value });
+                    let listed_at = u32::try_from(listed + added.len()).expect("an owner holds fewer than 2^32 locks");
+                    state.push_holder(super::Holder { owner, mode, token, since, lingering: false, value, listed_at });
                     added.push(key.clone());
                 }
             }
             self.values.retain(value);
         }
         self.held += added.len();
-        let state = self.owner_mut(owner);
-        state.held += added.len();
-        state.held_keys.extend(added);
+        self.owner_mut(owner).held_keys.extend(added);
         token
     }
 

@@ -4,7 +4,7 @@
 //! record in a slab found through a 4-byte slot, its first holder is stored inline, and
 //! everything a busy key needs (its further holders and their index, lingering counts,
 //! and in a box of its own its wait queue) lives in a box allocated only while the key
-//! is busy. The record is 56 bytes.
+//! is busy. The record is 64 bytes.
 //!
 //! Work: every question the granting code asks of a key (does a holder block this mode?
 //! is anyone incompatible queued ahead of this request? which holder is this owner's?) is
@@ -162,6 +162,12 @@ impl KeyState {
             index.by_token.insert(token, i);
         }
         Some(old_value)
+    }
+
+    /// Records where this key now sits in `owner`'s held list (see [`Holder::listed_at`]).
+    pub fn relist(&mut self, owner: Owner, at: u32) {
+        let i = self.position(owner).expect("the owner holds this key");
+        self.holder_at_mut(i).listed_at = at;
     }
 
     /// Whether some live holder has this token.

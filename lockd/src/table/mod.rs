@@ -194,6 +194,9 @@ struct Holder {
     lingering: bool,
     /// The lock value of a shared hold ([`NO_VALUE`] for plain ones).
     value: ValueId,
+    /// Where the key is in its owner's `held_keys`, so that an unlock takes it out in
+    /// O(1) (a lingering holder's owner state is gone, and with it the meaning of this).
+    listed_at: u32,
 }
 
 /// A key a request waits on in a queue: a key it does not hold, or an upgrade.
@@ -223,13 +226,10 @@ struct Pending<W> {
 
 #[derive(Debug, Default)]
 struct OwnerState {
-    /// The keys the owner holds, and keys it has unlocked since: an unlock leaves its
-    /// entry behind rather than search for it, and the key map tells which entries are
-    /// live. A list takes less than half the memory of a set at a million locks, and
-    /// [`LockTable::compact_held`] keeps the stale entries fewer than the live ones.
+    /// The keys the owner holds, each once, in no particular order: each holder knows its
+    /// place ([`Holder::listed_at`]), so an unlock swaps the last entry into the gap.
+    /// A list costs 8 bytes per lock, about half of a hash set's.
     held_keys: Vec<Key>,
-    /// How many keys the owner holds (the live entries of `held_keys`, each counted once).
-    held: usize,
     pending: Option<RequestId>,
 }
 
@@ -377,7 +377,7 @@ impl<W> LockTable<W> {
         self.enqueue(rid, pending);
         // Only an owner that holds something can be waited for, so only then can its
         // wait close a cycle (the common first lock of a request skips the search).
-        if self.owner(req.owner).is_some_and(|o| o.held > 0) {
+        if self.holds_anything(req.owner) {
             let refusal = match self.find_cycle(rid) {
                 Ok(None) => None,
                 Ok(Some(cycle)) => {
@@ -416,15 +416,14 @@ impl<W> LockTable<W> {
             let held = self.keys.get(key).filter(|s| s.holder(owner).is_some()).map(|s| s.key.clone());
             match held {
                 Some(key_arc) => {
-                    self.drop_holder(&key_arc, owner);
-                    self.owner_mut(owner).held -= 1;
+                    let holder = self.drop_holder(&key_arc, owner).expect("just found");
+                    self.unlist(owner, holder.listed_at);
                     dirty.push(key_arc);
                     result.released.push(key.clone());
                 }
                 None => result.not_held.push(key.clone()),
             }
         }
-        self.compact_held(owner);
         self.forget_if_idle(owner);
         self.process(dirty, now, woken);
         result
@@ -500,7 +499,7 @@ impl<W> LockTable<W> {
 
     /// Whether `owner` holds any lock.
     pub fn holds_anything(&self, owner: Owner) -> bool {
-        self.owner(owner).is_some_and(|o| o.held > 0)
+        self.owner(owner).is_some_and(|o| !o.held_keys.is_empty())
     }
 
     /// Whether `token` belongs to a live holder of `key` (a fencing check).
@@ -577,7 +576,7 @@ impl<W> LockTable<W> {
     /// long-lived connection sees a new owner per PHP object, and records must not pile up.
     fn forget_if_idle(&mut self, owner: Owner) {
         if let Some(conn) = self.conns.get_mut(&owner.conn) {
-            if conn.owners.get(&owner.handle).is_some_and(|o| o.held == 0 && o.pending.is_none()) {
+            if conn.owners.get(&owner.handle).is_some_and(|o| o.held_keys.is_empty() && o.pending.is_none()) {
                 conn.owners.remove(&owner.handle);
             }
             if conn.owners.is_empty() {
@@ -586,20 +585,13 @@ impl<W> LockTable<W> {
         }
     }
 
-    /// Drops the stale entries of `owner`'s held list once they outnumber the live ones,
-    /// so the list stays proportional to what the owner holds (each unlock pays for the
-    /// entry it left behind).
-    fn compact_held(&mut self, owner: Owner) {
-        let Some(state) = self.owner_mut_if_exists(owner) else { return };
-        if state.held_keys.len() <= 2 * state.held + 8 {
-            return;
+    /// Takes entry `at` out of `owner`'s held list; the last entry moves into its place.
+    fn unlist(&mut self, owner: Owner, at: u32) {
+        let list = &mut self.owner_mut(owner).held_keys;
+        list.swap_remove(at as usize);
+        if let Some(moved) = list.get(at as usize).cloned() {
+            self.keys.get_mut(&moved).expect("a listed key is held").relist(owner, at);
         }
-        let mut list = std::mem::take(&mut state.held_keys);
-        // A key unlocked and locked again is listed twice; keep it once.
-        let mut seen: HashSet<Key> = HashSet::with_capacity_and_hasher(self.owner(owner).map_or(0, |o| o.held), Default::default());
-        list.retain(|k| self.keys.get(k).is_some_and(|s| s.holder(owner).is_some()) && seen.insert(k.clone()));
-        list.shrink_to_fit();
-        self.owner_mut(owner).held_keys = list;
     }
 
     /// Sorts a request's keys by what the owner already holds: the keys it must wait for
@@ -665,14 +657,14 @@ impl<W> LockTable<W> {
         req
     }
 
-    fn drop_holder(&mut self, key: &Key, owner: Owner) {
-        if let Some(state) = self.keys.get_mut(key) {
-            if state.holder(owner).is_some() {
-                let holder = state.remove_holder(owner).expect("just found");
-                self.values.release(holder.value);
-                self.held -= 1;
-            }
-        }
+    /// Removes `owner`'s live hold on `key`, if it has one, and returns it.
+    fn drop_holder(&mut self, key: &Key, owner: Owner) -> Option<Holder> {
+        let state = self.keys.get_mut(key)?;
+        state.holder(owner)?;
+        let holder = state.remove_holder(owner).expect("just found");
+        self.values.release(holder.value);
+        self.held -= 1;
+        Some(holder)
     }
 
     /// Releases an owner already detached from its connection: its waiting request is
@@ -696,12 +688,8 @@ impl<W> LockTable<W> {
             woken.push(Wakeup { waiter: req.waiter, end: WaitEnd::Cancelled });
             cancelled = 1;
         }
-        let released = state.held;
+        let released = state.held_keys.len();
         for key in state.held_keys {
-            // Stale entries (keys unlocked since) and repeats find no live hold.
-            if self.keys.get(&key).is_none_or(|s| s.holder(owner).is_none()) {
-                continue;
-            }
             if linger {
                 if self.keys.get_mut(&key).and_then(|s| s.set_lingering(owner)).is_some() {
                     self.lingering += 1;
