@@ -26,7 +26,7 @@ use crate::outbox::ReplySink;
 use crate::reply::{encode_lock_outcome, LockOutcome, ReplyStyle};
 use crate::telemetry::{self, Telemetry};
 use crate::table::{
-    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup,
+    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, Release, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup,
 };
 use crate::tokens::{TokenStore, TokenStoreError};
 
@@ -169,7 +169,7 @@ impl State {
     /// Releases everything of a cluster session that closed or expired; its own waiters
     /// are dropped, not answered (nobody is there to hear it).
     pub fn release_session(&self, conn: ConnId) -> (usize, usize) {
-        self.apply(|t, now, woken| t.release_connection(conn, true, now, woken))
+        self.release(|t, now, woken| t.start_release_connection(conn, true, now, woken), |_| {})
     }
 
     /// The table as data (cluster snapshots); `waiter` says what to keep of each waiter.
@@ -197,12 +197,41 @@ impl State {
 
     /// Releases everything of one owner: (released, cancelled).
     pub fn release_owner(&self, owner: Owner) -> (usize, usize) {
-        self.apply(|t, now, woken| t.release_owner(owner, now, woken))
+        self.release(|t, now, woken| t.start_release_owner(owner, now, woken), |_| {})
     }
 
     /// Releases everything of every owner of a live connection: (released, cancelled).
     pub fn release_connection(&self, conn: ConnId) -> (usize, usize) {
-        self.apply(|t, now, woken| t.release_connection(conn, false, now, woken))
+        self.release(|t, now, woken| t.start_release_connection(conn, false, now, woken), |_| {})
+    }
+
+    /// Runs a release that `start` begins, one slice of locks per turn at the table, so
+    /// that a client holding a million locks does not hold up everyone else while they
+    /// go (see `table/release.rs`). parking_lot's mutex hands itself to a thread that has
+    /// waited for more than about half a millisecond, so between two slices the others
+    /// get their turn. `released` hears how many locks each turn released, under the lock.
+    /// Returns (locks released, requests withdrawn).
+    fn release(
+        &self,
+        start: impl FnOnce(&mut LockTable<Waiter>, Instant, &mut Vec<Wakeup<Waiter>>) -> Release,
+        released: impl Fn(usize),
+    ) -> (usize, usize) {
+        let mut release = self.apply(|t, now, woken| {
+            let release = start(t, now, woken);
+            released(release.counts().0);
+            release
+        });
+        if !release.is_done() {
+            release.sort_keys();
+            while !release.is_done() {
+                self.apply(|t, now, woken| {
+                    let before = release.counts().0;
+                    t.release_slice(&mut release, now, woken);
+                    released(release.counts().0 - before);
+                });
+            }
+        }
+        release.counts()
     }
 
     /// Ends waits and lock-delays that are due; returns when the next one is.
@@ -285,12 +314,9 @@ impl State {
         let released = if self.cluster().is_some() {
             (0, 0)
         } else {
-            self.apply(|t, now, woken| {
-                let released = t.release_connection(conn, true, now, woken);
-                // Counted before the waiters it grants hear of it.
-                metrics::counter!(telemetry::DISCONNECT_RELEASED).increment(released.0 as u64);
-                released
-            })
+            // Counted before the waiters it grants hear of it.
+            let counted = |released: usize| metrics::counter!(telemetry::DISCONNECT_RELEASED).increment(released as u64);
+            self.release(|t, now, woken| t.start_release_connection(conn, true, now, woken), counted)
         };
         self.peers.lock().remove(&conn);
         self.connections.fetch_sub(1, Ordering::Relaxed);

@@ -27,8 +27,8 @@
 //!
 //! Layout: this file has the types and the operations; `grant.rs` decides and makes
 //! grants, `deadlock.rs` searches the wait-for graph, `deadlines.rs` ends waits and
-//! lock-delays on time, `snapshot.rs` serves `locks` and `stat`, `keys.rs` holds per-key
-//! state.
+//! lock-delays on time, `release.rs` releases what a connection or owner holds in
+//! slices, `snapshot.rs` serves `locks` and `stat`, `keys.rs` holds per-key state.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -43,10 +43,12 @@ mod deadlock;
 mod grant;
 mod image;
 mod keys;
+mod release;
 mod snapshot;
 mod values;
 
 pub use image::{HoldImage, RebuildError, TableImage, WaitImage};
+pub use release::Release;
 pub use snapshot::{HolderView, KeyView, Page, TableStats, WaiterView};
 pub use values::{ValueId, NO_VALUE};
 
@@ -442,41 +444,6 @@ impl<W> LockTable<W> {
         true
     }
 
-    /// Releases everything `owner` holds and withdraws its waiting request.
-    /// Returns (locks released, requests withdrawn).
-    pub fn release_owner(&mut self, owner: Owner, now: Instant, woken: &mut Vec<Wakeup<W>>) -> (usize, usize) {
-        let Some(state) = self.conns.get_mut(&owner.conn).and_then(|c| c.owners.remove(&owner.handle)) else {
-            return (0, 0);
-        };
-        let mut dirty = Vec::new();
-        let (released, cancelled) = self.release_owner_state(owner, state, false, now, woken, &mut dirty);
-        self.process(dirty, now, woken);
-        (released, cancelled)
-    }
-
-    /// Releases every owner of a connection. With `dead` (the connection closed or was
-    /// found dead), waiters of the connection are dropped rather than woken, and with a
-    /// lock-delay configured its locks linger until the delay runs out.
-    pub fn release_connection(&mut self, conn: ConnId, dead: bool, now: Instant, woken: &mut Vec<Wakeup<W>>) -> (usize, usize) {
-        let Some(state) = self.conns.remove(&conn) else {
-            return (0, 0);
-        };
-        let linger = dead && !self.limits.lock_delay.is_zero();
-        let (mut released, mut cancelled, mut dirty) = (0, 0, Vec::new());
-        for (handle, owner_state) in state.owners {
-            let owner = Owner { conn, handle };
-            let mut own_woken = Vec::new();
-            let (r, c) = self.release_owner_state(owner, owner_state, linger, now, &mut own_woken, &mut dirty);
-            if !dead {
-                woken.append(&mut own_woken);
-            }
-            released += r;
-            cancelled += c;
-        }
-        self.process(dirty, now, woken);
-        (released, cancelled)
-    }
-
     /// Stops granting for good: every waiting request comes back with
     /// [`WaitEnd::ShuttingDown`] and later requests are refused. Releases that follow
     /// (connections closing) then grant nothing, so no client is told it got a lock
@@ -665,42 +632,6 @@ impl<W> LockTable<W> {
         self.values.release(holder.value);
         self.held -= 1;
         Some(holder)
-    }
-
-    /// Releases an owner already detached from its connection: its waiting request is
-    /// withdrawn and its locks dropped, or with `linger` kept as lingering until the
-    /// lock-delay is over. Returns (released, cancelled); adds the keys to look at again
-    /// to `dirty`.
-    fn release_owner_state(
-        &mut self,
-        owner: Owner,
-        state: OwnerState,
-        linger: bool,
-        now: Instant,
-        woken: &mut Vec<Wakeup<W>>,
-        dirty: &mut Vec<Key>,
-    ) -> (usize, usize) {
-        let mut cancelled = 0;
-        if let Some(rid) = state.pending {
-            let req = self.take_pending(rid);
-            self.reserved -= req.new_keys;
-            dirty.extend(req.queued_on.into_iter().map(|w| w.key));
-            woken.push(Wakeup { waiter: req.waiter, end: WaitEnd::Cancelled });
-            cancelled = 1;
-        }
-        let released = state.held_keys.len();
-        for key in state.held_keys {
-            if linger {
-                if self.keys.get_mut(&key).and_then(|s| s.set_lingering(owner)).is_some() {
-                    self.lingering += 1;
-                    self.push_deadline(now + self.limits.lock_delay, Deadline::Linger { key: key.clone(), owner });
-                }
-            } else {
-                self.drop_holder(&key, owner);
-            }
-            dirty.push(key);
-        }
-        (released, cancelled)
     }
 }
 
