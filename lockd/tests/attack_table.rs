@@ -235,3 +235,48 @@ fn lock_memory_is_bounded_by_bytes_not_by_count() {
     assert!(stat["table_memory"].as_u64().unwrap() <= 32 << 20, "{stat}");
     assert!(grown < 128 << 20, "{granted} locks of 1 KB grew the server by {} MB", grown >> 20);
 }
+
+#[test]
+fn a_client_holding_millions_of_locks_stalls_nobody_while_it_churns_or_when_it_goes() {
+    if !optimized() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const LOCKS: usize = 2_000_000;
+    const BATCH: usize = 1000;
+    let lockd = LockdProcess::spawn(&[]);
+    let (mut holder, mut observer, mut waiter) = (lockd.client(), lockd.client(), lockd.client());
+    let batch = |first: usize| (first..first + BATCH).map(|i| format!("user:{i}:checkout")).collect::<Vec<_>>();
+    let request = |command: &str, first: usize| json!({"command": command, "parameters": {"keys": batch(first)}});
+    let sent = flood(&mut holder, (0..LOCKS).step_by(BATCH).map(|first| request("lock", first)));
+    for _ in 0..LOCKS / BATCH {
+        assert_eq!(holder.recv()["result"]["granted"], json!(true));
+    }
+    sent.join().unwrap();
+    waiter.send("lock", json!({"keys": "user:0:checkout"}));
+    await_stat(&mut observer, "waiters", 1, SETUP_LIMIT);
+
+    // Churn: more keys than it holds locked and unlocked while the first stay held. Each
+    // unlock must take its key out of the holder's records without walking them.
+    const CHURN: usize = LOCKS + LOCKS / 5;
+    let probe = PingProbe::table(lockd.addr);
+    let churn = (LOCKS..LOCKS + CHURN).step_by(BATCH).flat_map(|first| [request("lock", first), request("unlock", first)]);
+    let sent = flood(&mut holder, churn);
+    for _ in 0..2 * CHURN / BATCH {
+        assert!(holder.recv()["error"].is_null());
+    }
+    sent.join().unwrap();
+    let churning = probe.finish();
+
+    // Going: its locks are released, a slice at a time.
+    let probe = PingProbe::table(lockd.addr);
+    let start = Instant::now();
+    drop(holder);
+    assert_eq!(waiter.recv()["result"]["granted"], json!(true), "the waiter gets its key once the holder is gone");
+    let release_took = start.elapsed();
+    await_stat(&mut observer, "locks", 1, SETUP_LIMIT);
+    let going = probe.finish();
+    eprintln!("{LOCKS} locks: while churning {CHURN} more, bystander: {churning}; released in {release_took:?}, bystander: {going}");
+    assert!(churning.max() < STALL_LIMIT, "while the holder churned, bystander: {churning}");
+    assert!(going.max() < STALL_LIMIT, "while the holder's locks went, bystander: {going}");
+}
