@@ -30,9 +30,10 @@ final class PkLockLocker implements Locker
 {
     public readonly PkLockClient $client;
 
-    public function __construct()
+    /** @param array<string, mixed> $options PkLockClient's */
+    public function __construct(array $options = [])
     {
-        $this->client = new PkLockClient(env('PKLOCK_BENCH_LOCKD'));
+        $this->client = new PkLockClient(env('PKLOCK_BENCH_LOCKD'), null, $options);
     }
 
     public function acquire(string $key): void
@@ -240,6 +241,9 @@ function locker(string $peer, int $ttlMs = 30000): Locker
 {
     return match ($peer) {
         'pklock' => new PkLockLocker(),
+        // A cluster's node list tried in random order by each process, instead of the
+        // default one order per host (pklock.node_order).
+        'pklock-random' => new PkLockLocker(['node_order' => 'random']),
         'redis' => new RedisLocker($ttlMs, 1000),
         'memcached' => new MemcachedLocker(intdiv($ttlMs + 999, 1000), 1000),
         'postgres' => new PostgresLocker(),
