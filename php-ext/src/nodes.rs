@@ -81,11 +81,13 @@ pub enum NodeOrder {
     /// One order for every process of a host, another from host to host. A node writes its
     /// clients' requests to etcd in one batch at a time, so a host's processes on one node
     /// share batches (16 processes: ~1.8× the pairs/s of spreading them, BENCHMARKS.md),
-    /// while hosts spread over the nodes.
+    /// while hosts spread over the nodes. With many hosts a node serves about as many
+    /// processes as in random order: no bigger batches then, but no smaller.
     Host,
     /// Each connection its own random order: a host's processes spread over the nodes.
     Random,
-    /// The list's own order: the first node that answers (a preferred node set by hand).
+    /// The list's own order: the first node that answers (one node for every client given
+    /// the same list; a preferred node set by hand).
     List,
 }
 
