@@ -6,6 +6,9 @@
 //
 // INI settings (PHP_INI_ALL unless said):
 //   pklock.servers          = (empty)    node list (h1:p1,h2:p2) when the constructor's $host is null
+//   pklock.node_order       = host       how a node list is tried, when $options['node_order'] is
+//                                        absent: host (one order per host name: a host's processes
+//                                        share a node), random (per connection) or list (as written)
 //   pklock.default_host     = 127.0.0.1  host when $host is null and pklock.servers is empty
 //   pklock.default_port     = 11300      port when the constructor's $port is null
 //   pklock.connect_timeout  = 2.0        seconds, when $options['connect_timeout'] is absent
@@ -36,7 +39,7 @@ class PkLockClient
      *                             IPv6; $port serves entries without one); null: the pklock.servers
      *                             INI setting, or when that is empty pklock.default_host
      * @param int|null    $port    null: the pklock.default_port INI setting
-     * @param array{connect_timeout?: int|float, io_timeout?: int|float, auth_key?: string|null, tls?: bool, tls_ca?: string, tls_verify?: bool}|null $options
+     * @param array{connect_timeout?: int|float, io_timeout?: int|float, auth_key?: string|null, tls?: bool, tls_ca?: string, tls_verify?: bool, node_order?: 'host'|'random'|'list'}|null $options
      *        connect_timeout and io_timeout in seconds (io_timeout bounds every reply beyond
      *        the lock wait asked for); auth_key (default pklock.auth_key, null for none) is
      *        lockd's --auth-key: when the socket is opened the client proves it knows the key
@@ -44,8 +47,11 @@ class PkLockClient
      *        tls connects with TLS (lockd --tls-cert), verifying lockd's certificate against
      *        the CA in the PEM file tls_ca (default: the system's CAs) and the host name given
      *        here; tls_verify false accepts any certificate (tests only). TLS ones default to INI.
+     *        node_order (default pklock.node_order) is the order in which a node list is
+     *        tried: 'host', 'random' or 'list' (docs/CLUSTER.md, "Clients").
      * @throws PkLockConnectionException (on use) when the TLS handshake fails, saying why
-     * @throws ValueError for an empty host or bad node list, a port outside 1..65535, an unknown or bad option
+     * @throws ValueError for an empty host or bad node list, a port outside 1..65535, an unknown or bad option,
+     *                    a bad pklock.node_order when given a node list
      */
     public function __construct(?string $host = null, ?int $port = null, ?array $options = null) {}
 

@@ -30,9 +30,10 @@ final class PkLockLocker implements Locker
 {
     public readonly PkLockClient $client;
 
-    public function __construct()
+    /** @param array<string, mixed> $options PkLockClient's */
+    public function __construct(array $options = [], ?string $servers = null)
     {
-        $this->client = new PkLockClient(env('PKLOCK_BENCH_LOCKD'));
+        $this->client = new PkLockClient($servers ?? env('PKLOCK_BENCH_LOCKD'), null, $options);
     }
 
     public function acquire(string $key): void
@@ -234,12 +235,20 @@ final class EtcdLocker implements Locker
 
 /**
  * The locker called $peer. $ttlMs is the TTL the TTL-bound peers give a lock (memcached
- * rounds it up to whole seconds); their waiters poll every millisecond.
+ * rounds it up to whole seconds); their waiters poll every millisecond. $worker numbers
+ * the processes of a run (pklock-hosts places them by it).
  */
-function locker(string $peer, int $ttlMs = 30000): Locker
+function locker(string $peer, int $ttlMs = 30000, int $worker = 0): Locker
 {
     return match ($peer) {
         'pklock' => new PkLockLocker(),
+        // A cluster's node list tried in random order by each process, instead of the
+        // default one order per host (pklock.node_order).
+        'pklock-random' => new PkLockLocker(['node_order' => 'random']),
+        // As many hosts as nodes, each on a node of its own, as the host order at best
+        // spreads hosts: process $worker starts on node $worker modulo their count (list
+        // order, the list rotated).
+        'pklock-hosts' => new PkLockLocker(['node_order' => 'list'], rotateList(env('PKLOCK_BENCH_LOCKD'), $worker)),
         'redis' => new RedisLocker($ttlMs, 1000),
         'memcached' => new MemcachedLocker(intdiv($ttlMs + 999, 1000), 1000),
         'postgres' => new PostgresLocker(),
@@ -248,6 +257,14 @@ function locker(string $peer, int $ttlMs = 30000): Locker
         'etcd' => new EtcdLocker(),
         default => throw new InvalidArgumentException("unknown peer $peer"),
     };
+}
+
+/** The node list $list begun at its entry $by (modulo its length), the rest in turn. */
+function rotateList(string $list, int $by): string
+{
+    $nodes = explode(',', $list);
+    $by %= count($nodes);
+    return implode(',', [...array_slice($nodes, $by), ...array_slice($nodes, 0, $by)]);
 }
 
 function redisConnection(): Redis

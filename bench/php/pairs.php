@@ -14,6 +14,9 @@
 //
 //   bench/php/pairs.php [--seconds=30] [--slice=0.1] [--rounds=5] [--processes=1,16] [--peers=pklock,redis,...]
 //
+// Against a lockd cluster (bench/cluster/run) the peers are etcd's lock API and pklock.so in
+// node orders: pklock (the default, one node for this host), pklock-random, pklock-hosts.
+//
 // --seconds is the whole run per process count (shared by the peers). Needs the servers
 // bench/php/run starts (it sets their addresses, and their pids in PKLOCK_BENCH_SERVER_PIDS:
 // then each server's CPU time per pair is reported too, from the slices of its peer).
@@ -167,7 +170,7 @@ function worker(array $operations, int $index, float $slice): void
             $client = (new PkLockLocker())->client;
             $once[] = fn () => $client->rpc('ping');
         } else {
-            $locker = locker($operation);
+            $locker = locker($operation, worker: $index);
             $once[] = function () use ($locker, $key): void {
                 $locker->acquire($key);
                 $locker->release($key);

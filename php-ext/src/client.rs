@@ -16,7 +16,7 @@ use crate::connection::Timeouts;
 use crate::error::{quote_keys, ClientError};
 use crate::ini;
 use crate::json::{self, entries, php_type_name, EntryKey, Path};
-use crate::nodes;
+use crate::nodes::{self, NodeOrder};
 use crate::session::{self, new_owner, OwnerId, Target};
 
 /// Longest wait accepted, in seconds (about 31 years: "as long as it takes" is `null`).
@@ -42,8 +42,9 @@ impl PkLockClient {
     /// `pklock.default_host`; `$port` defaults to `pklock.default_port`. `$options`:
     /// `connect_timeout` and `io_timeout` (seconds, defaults from INI), `auth_key` (string,
     /// default `pklock.auth_key`; null for none), `tls` (bool), `tls_ca` (PEM file of the CA
-    /// to trust instead of the system's), `tls_verify` (bool; false is for tests only); the
-    /// TLS ones default to INI.
+    /// to trust instead of the system's), `tls_verify` (bool; false is for tests only);
+    /// `node_order` ('host', 'random' or 'list': how a node list is tried, default
+    /// `pklock.node_order`); the TLS ones default to INI.
     pub fn __construct(host: Option<String>, port: Option<i64>, options: Option<&ZendHashTable>) -> PhpResult<Self> {
         let port = port.unwrap_or_else(ini::default_port);
         let port = u16::try_from(port)
@@ -57,8 +58,19 @@ impl PkLockClient {
             (host, _) => nodes::parse(&host.unwrap_or_else(ini::default_host), port)
                 .map_err(|problem| argument_error("__construct", 1, "host", &problem.to_string()))?,
         };
+        // Only a list has an order: a single lockd's clients never read the setting.
+        let node_order = match nodes.len() {
+            1 => NodeOrder::Host,
+            _ => NodeOrder::parse(&ini::node_order()).ok_or_else(|| {
+                ClientError::value_error(format!(
+                    "PkLockClient::__construct(): the pklock.node_order setting must be {}",
+                    NodeOrder::CHOICES
+                ))
+            })?,
+        };
         let mut target = Target {
             nodes,
+            node_order,
             timeouts: Timeouts { connect: ini::connect_timeout(), io: ini::io_timeout() },
             auth_key: ini::auth_key(),
             tls: ini::tls(),
@@ -277,10 +289,15 @@ fn apply_options(target: &mut Target, options: &ZendHashTable) -> Result<(), Cli
                 target.tls.ca = Some(PathBuf::from(path.ok_or_else(|| option_error(&name, "must be a file name"))?));
             }
             "tls_verify" => target.tls.verify = flag()?,
+            "node_order" => {
+                let order = value.str().and_then(NodeOrder::parse);
+                target.node_order =
+                    order.ok_or_else(|| option_error(&name, &format!("must be {}", NodeOrder::CHOICES)))?;
+            }
             _ => {
                 return Err(option_error(
                     &name,
-                    "is not an option (known: connect_timeout, io_timeout, auth_key, tls, tls_ca, tls_verify)",
+                    "is not an option (known: connect_timeout, io_timeout, auth_key, tls, tls_ca, tls_verify, node_order)",
                 ))
             }
         }

@@ -13,6 +13,7 @@ use pklock_proto::auth::AuthKey;
 use crate::transport::TlsSettings;
 
 const SERVERS: &CStr = c"pklock.servers";
+const NODE_ORDER: &CStr = c"pklock.node_order";
 const HOST: &CStr = c"pklock.default_host";
 const PORT: &CStr = c"pklock.default_port";
 const CONNECT_TIMEOUT: &CStr = c"pklock.connect_timeout";
@@ -26,9 +27,11 @@ const TLS_VERIFY: &CStr = c"pklock.tls_verify";
 const BUILT_IN_CONNECT_TIMEOUT: f64 = 2.0;
 const BUILT_IN_IO_TIMEOUT: f64 = 5.0;
 
-pub static ENTRIES: IniEntryDefs<10> = IniEntryDefs::new([
+pub static ENTRIES: IniEntryDefs<11> = IniEntryDefs::new([
     // A list of nodes (`host:port,host:port`), taking precedence over default_host.
     IniEntryDef::new(SERVERS, c"", IniEntryPermission::All),
+    // How a client orders a list's nodes (nodes::NodeOrder).
+    IniEntryDef::new(NODE_ORDER, c"host", IniEntryPermission::All),
     IniEntryDef::new(HOST, c"127.0.0.1", IniEntryPermission::All),
     IniEntryDef::new(PORT, c"11300", IniEntryPermission::All),
     IniEntryDef::new(CONNECT_TIMEOUT, c"2.0", IniEntryPermission::All),
@@ -66,6 +69,11 @@ unsafe extern "C" {
 /// `pklock.servers`, unless empty (or only blanks).
 pub fn servers() -> Option<String> {
     string_setting(SERVERS).filter(|servers| !servers.trim().is_empty())
+}
+
+/// `pklock.node_order`, as written (the constructor says what is wrong with it).
+pub fn node_order() -> String {
+    string_setting(NODE_ORDER).unwrap_or_default()
 }
 
 pub fn default_host() -> String {

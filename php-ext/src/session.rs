@@ -36,7 +36,7 @@ use serde_json::Value;
 use crate::connection::{ConnError, Connection, PipelinedCheck, Timeouts};
 use crate::error::{quote_keys, ClientError, LossCause, Released};
 use crate::fork;
-use crate::nodes::{connect_order, Node};
+use crate::nodes::{connect_order, Node, NodeOrder};
 use crate::transport::TlsSettings;
 
 /// An owner handle: one per `PkLockClient` object, unique in the process.
@@ -48,6 +48,8 @@ pub type OwnerId = u64;
 pub struct Target {
     /// One lockd, or the nodes of a cluster.
     pub nodes: Vec<Node>,
+    /// The order in which a cluster's nodes are tried.
+    pub node_order: NodeOrder,
     pub timeouts: Timeouts,
     /// Proven (never sent) by whichever object opens the connection.
     pub auth_key: Option<AuthKey>,
@@ -62,11 +64,16 @@ impl Target {
 
     /// Which session serves this target: one per address list, TLS settings and auth key, since
     /// the key is proven once per connection and an object must not ride on a connection that
-    /// another object's key opened, nor on one less secure than it asked for.
+    /// another object's key opened, nor on one less secure than it asked for. A list's node
+    /// order too: an object that asked for its host's node is not served by a random one.
     pub fn session_key(&self) -> String {
         let addr = match self.tls.describe() {
             None => self.addr(),
             Some(tls) => format!("{} {tls}", self.addr()),
+        };
+        let addr = match self.nodes.len() {
+            1 => addr,
+            _ => format!("{addr} order {}", self.node_order.name()),
         };
         match &self.auth_key {
             None => addr,
@@ -516,7 +523,7 @@ impl Session {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    /// Connects to one of the target's nodes, trying them in random order. A single
+    /// Connects to one of the target's nodes, trying them in its node order. A single
     /// address's failure is reported as it is; a list's names every node tried. A refused
     /// auth key is reported at once: every node of a cluster has the same key.
     fn connect(&mut self, target: &Target) -> Result<Connection, ClientError> {
@@ -527,7 +534,7 @@ impl Session {
             return open(node);
         }
         let mut failures = Vec::new();
-        for index in connect_order(target.nodes.len(), None) {
+        for index in connect_order(&target.nodes, target.node_order, None) {
             match open(&target.nodes[index]) {
                 Ok(conn) => {
                     self.node = index;
@@ -540,8 +547,8 @@ impl Session {
         Err(ClientError::NoNode { failures })
     }
 
-    /// Has another node take the suspended session over: tries every node once, in random
-    /// order, the lost one last. `NotResumed` when none could (the session stays suspended
+    /// Has another node take the suspended session over: tries every node once, in the
+    /// target's node order, the lost one last. `NotResumed` when none could (the session stays suspended
     /// for a later call); `ConnectionLost` when the cluster says the session is gone: its
     /// locks are lost as with a single lockd's connection, and the new connection (with a
     /// session of its own) serves from now on.
@@ -551,7 +558,7 @@ impl Session {
         };
         let hello = self.hello();
         let mut failures = Vec::new();
-        for index in connect_order(target.nodes.len(), Some(lost_node)) {
+        for index in connect_order(&target.nodes, target.node_order, Some(lost_node)) {
             // A node that took the session over and was lost at once suspends it again.
             let Some(suspended) = self.suspended.as_mut() else {
                 return Ok(());
@@ -813,6 +820,7 @@ mod tests {
     fn target(ports: &[u16]) -> Target {
         Target {
             nodes: ports.iter().map(|&port| Node { host: "127.0.0.1".into(), port }).collect(),
+            node_order: NodeOrder::Random,
             timeouts: Timeouts { connect: Duration::from_secs(2), io: Duration::from_secs(2) },
             auth_key: None,
             tls: PLAIN,

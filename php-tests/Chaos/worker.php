@@ -54,7 +54,9 @@ $attempt = static function (string $during, callable $call) use ($record): strin
     return $outcome;
 };
 
-$client = new PkLockClient($servers, null, ['io_timeout' => (float) $ioTimeout]);
+// Random node order: the workers, all on this host, spread over a cluster's nodes, so their
+// handoffs cross nodes (by default every process of a host takes the same node).
+$client = new PkLockClient($servers, null, ['io_timeout' => (float) $ioTimeout, 'node_order' => 'random']);
 $record(['e' => 'start', 't' => hrtime(true), 'pid' => getmypid()]);
 while (hrtime(true) < $until) {
     // Mostly exclusive single keys; some shared; some all-or-nothing pairs; a few
