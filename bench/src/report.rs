@@ -45,8 +45,8 @@ impl Record {
     /// Prints the record as one JSON line on stdout.
     pub fn emit(server: &str, metric: &str, case: &str, value: f64, unit: &str, better: Better) {
         let case = match CONDITION.get() {
-            Some(condition) => format!("{case}, {condition}"),
-            None => case.to_owned(),
+            Some(condition) if !condition.is_empty() => format!("{case}, {condition}"),
+            _ => case.to_owned(),
         };
         let r = Record { server: server.into(), metric: metric.into(), case, value, unit: unit.into(), better };
         let case = &r.case;
