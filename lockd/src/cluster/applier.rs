@@ -30,8 +30,15 @@ pub async fn run(client: Client, keys: Keys, state: Arc<State>, sessions: Arc<Se
     applied.send_replace(loaded);
     let mut snapshots = Writer::new(loaded);
     loop {
-        let mut watch_client = client.clone();
-        let options = WatchOptions::new().with_prefix().with_start_revision(next);
+        // History (a node that starts, or reopens its watch) comes from etcd up to 1000
+        // revisions per response unless fragmented: with batches of up to a MiB that is
+        // far above the client's default 4 MiB message limit, and the watch would break on
+        // it again at every reopening. Fragments are at most etcd's --max-request-bytes,
+        // or one event (which etcd took as one request): that bounds them, whatever the
+        // operator set, so the client takes any size. A revision's events may come split
+        // over fragments; only those of `nodes/` and `log/` matter, one per revision.
+        let mut watch_client = client.watch_client().max_decoding_message_size(usize::MAX);
+        let options = WatchOptions::new().with_prefix().with_start_revision(next).with_fragment();
         let mut stream = match watch_client.watch(keys.all(), Some(options)).await {
             Ok(stream) => stream,
             Err(e) => {

@@ -246,7 +246,7 @@ impl Node {
         node.wait_applied(registered_at).await;
         if let Some(above) = args.raise_tokens_above {
             let (done, landed) = tokio::sync::oneshot::channel();
-            let _ = node.proposals.send(proposer::Proposal { entry: Entry::by_node(0, 0, Op::RaiseTokens { above }), done: Some(done) });
+            let _ = node.proposals.send(proposer::Proposal::new(Entry::by_node(0, 0, Op::RaiseTokens { above }), Some(done)));
             match landed.await {
                 Ok(Some(revision)) => {
                     node.wait_applied(revision).await;
@@ -291,7 +291,7 @@ impl Node {
     }
 
     fn submit(&self, entry: Entry) {
-        let _ = self.proposals.send(proposer::Proposal { entry, done: None });
+        let _ = self.proposals.send(proposer::Proposal::new(entry, None));
     }
 
     /// Sends a client's request to the log; its reply comes when this node applies it.
@@ -311,12 +311,6 @@ impl Node {
         if !self.available() {
             return Err(Self::unavailable_error());
         }
-        if !session.opened {
-            self.sessions.serve(session.id, Route { outbox: outbox.clone(), closer: session.closer.clone() });
-            let secret_digest = digest(session.secret.as_str());
-            self.submit(Entry::by_node(session.id, 0, Op::Open { node: self.me, secret_digest }));
-            session.opened = true;
-        }
         let mut timed = None;
         if let Mutation::Lock { wait: Some(wait), ends_at_ms, owner, .. } = &mut mutation {
             if !wait.is_zero() {
@@ -325,8 +319,26 @@ impl Node {
                 timed = Some((*owner, at));
             }
         }
+        let proposal = proposer::Proposal::new(Entry { session: session.id, epoch: session.epoch, seq, id: other_id, op: Op::Mutate(mutation) }, None);
+        if proposal.json.len() > proposer::MAX_ENTRY_BYTES {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this request takes {} bytes in the cluster log, over the {} one etcd write carries; \
+                     send fewer or shorter keys, or a shorter id (docs/CLUSTER.md, \"Request size\")",
+                    proposal.json.len(),
+                    proposer::MAX_ENTRY_BYTES
+                ),
+            ));
+        }
+        if !session.opened {
+            self.sessions.serve(session.id, Route { outbox: outbox.clone(), closer: session.closer.clone() });
+            let secret_digest = digest(session.secret.as_str());
+            self.submit(Entry::by_node(session.id, 0, Op::Open { node: self.me, secret_digest }));
+            session.opened = true;
+        }
         session.last_seq = session.last_seq.max(seq);
-        self.submit(Entry { session: session.id, epoch: session.epoch, seq, id: other_id, op: Op::Mutate(mutation) });
+        let _ = self.proposals.send(proposal);
         if let Some((owner, at)) = timed {
             self.arm_time_out(session.id, session.epoch, owner, id.clone(), at);
         }
@@ -340,7 +352,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(unix_ms()))).await;
             if sessions.serves(session) {
                 let entry = Entry::by_node(session, epoch, Op::Mutate(Mutation::TimeOut { owner, request }));
-                let _ = proposals.send(proposer::Proposal { entry, done: None });
+                let _ = proposals.send(proposer::Proposal::new(entry, None));
             }
         });
     }
@@ -414,7 +426,7 @@ impl Node {
         }
         let (done, landed) = tokio::sync::oneshot::channel();
         let entry = Entry::by_node(session.id, session.epoch, Op::Close);
-        let _ = self.proposals.send(proposer::Proposal { entry, done: Some(done) });
+        let _ = self.proposals.send(proposer::Proposal::new(entry, Some(done)));
         let applied = async {
             if let Ok(Some(revision)) = landed.await {
                 self.wait_applied(revision).await;

@@ -23,43 +23,58 @@ use super::{etcd, Node};
 use crate::mutation::Mutation;
 use crate::reply::encode_error;
 
-/// Entries in one transaction at most, and bytes (below etcd's default request limit of
-/// 1.5 MiB, unless one request alone is larger: --max-frame should stay below it).
+/// Entries in one transaction at most, and bytes: a batch grows while it stays below
+/// MAX_BATCH_BYTES; one entry of up to MAX_ENTRY_BYTES goes alone. Both stay below etcd's
+/// default request limit (--max-request-bytes, 1.5 MiB), with room for the batch's key
+/// and the transaction around it.
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The largest entry a node writes: a client's request whose entry would be larger is
+/// refused before it is written (its frame may be smaller: JSON numbers such as `1e15`
+/// in an id come out longer than the client wrote them), since etcd would refuse the
+/// whole batch that carried it.
+pub const MAX_ENTRY_BYTES: usize = 1_310_720;
 
 #[derive(Debug)]
 pub struct Proposal {
     pub entry: Entry,
+    /// `entry` as the log holds it.
+    pub json: Vec<u8>,
     /// Told the revision the entry got in the log (0 if that is not known), or `None` if
     /// it did not make it.
     pub done: Option<oneshot::Sender<Option<i64>>>,
 }
 
+impl Proposal {
+    pub fn new(entry: Entry, done: Option<oneshot::Sender<Option<i64>>>) -> Self {
+        let json = serde_json::to_vec(&entry).expect("entries serialize");
+        Proposal { entry, json, done }
+    }
+}
+
 pub async fn run(node: Arc<Node>, mut client: Client, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let mut next_batch = 0u64;
     // An entry that did not fit the last batch: it starts the next one, so order holds.
-    let mut carried: Option<(Proposal, Vec<u8>)> = None;
+    let mut carried: Option<Proposal> = None;
     loop {
         let first = match carried.take() {
             Some(first) => first,
             None => match queue.recv().await {
-                Some(proposal) => encoded(proposal),
+                Some(proposal) => proposal,
                 None => return,
             },
         };
         let mut value = b"[".to_vec();
-        value.extend_from_slice(&first.1);
-        let mut batch = vec![first.0];
+        value.extend_from_slice(&first.json);
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             let Ok(proposal) = queue.try_recv() else { break };
-            let (proposal, json) = encoded(proposal);
-            if value.len() + json.len() > MAX_BATCH_BYTES {
-                carried = Some((proposal, json));
+            if value.len() + proposal.json.len() > MAX_BATCH_BYTES {
+                carried = Some(proposal);
                 break;
             }
             value.push(b',');
-            value.extend_from_slice(&json);
+            value.extend_from_slice(&proposal.json);
             batch.push(proposal);
         }
         value.push(b']');
@@ -108,11 +123,6 @@ pub async fn run(node: Arc<Node>, mut client: Client, mut queue: mpsc::Unbounded
             node.sessions.close_route(session);
         }
     }
-}
-
-fn encoded(proposal: Proposal) -> (Proposal, Vec<u8>) {
-    let json = serde_json::to_vec(&proposal.entry).expect("entries serialize");
-    (proposal, json)
 }
 
 /// Writes `value` to `key` if the key is new: the revision it got, or `None` if the key

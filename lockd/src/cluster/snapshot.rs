@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use etcd_client::{Client, DeleteOptions, GetOptions, SortOrder, SortTarget, TxnOp};
+use etcd_client::{Client, DeleteOptions, GetOptions, TxnOp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
@@ -81,12 +81,16 @@ pub async fn load(client: &mut Client, keys: &super::log::Keys) -> Result<Option
     let current = etcd("reading the snapshot pointer", client.get(keys.snapshot_pointer(), None)).await?;
     let Some(kv) = current.kvs().first() else { return Ok(None) };
     let pointer: Pointer = serde_json::from_slice(kv.value()).map_err(ClusterError::BadSnapshot)?;
-    let options = GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Ascend);
-    let chunks = etcd("reading the snapshot", client.get(keys.snapshot_chunks(pointer.revision), Some(options))).await?;
-    if chunks.kvs().len() != pointer.chunks {
-        return Err(ClusterError::SnapshotIncomplete { revision: pointer.revision, found: chunks.kvs().len(), expected: pointer.chunks });
+    // One chunk per read: all of them in one answer would pass the client's 4 MiB message
+    // limit once the table is larger than that, and the node could never start.
+    let mut bytes = Vec::new();
+    for i in 0..pointer.chunks {
+        let chunk = etcd("reading the snapshot", client.get(keys.snapshot_chunk(pointer.revision, i), None)).await?;
+        let Some(kv) = chunk.kvs().first() else {
+            return Err(ClusterError::SnapshotIncomplete { revision: pointer.revision, found: i, expected: pointer.chunks });
+        };
+        bytes.extend_from_slice(kv.value());
     }
-    let bytes: Vec<u8> = chunks.kvs().iter().flat_map(|kv| kv.value().iter().copied()).collect();
     serde_json::from_slice(&bytes).map(Some).map_err(ClusterError::BadSnapshot)
 }
 
