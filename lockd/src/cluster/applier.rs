@@ -4,8 +4,14 @@
 //! holds the same table.
 //!
 //! The watch is only the transport: after an error it is reopened from the revision
-//! after the last one applied, so nothing is applied twice or skipped.
+//! after the last one applied, so nothing is applied twice or skipped. And it is not
+//! trusted blindly: etcd 3.4/3.5 have had bugs that drop or repeat watch events around
+//! compactions and leader changes (etcd-io/etcd#18089, #19179, #20655). Each node numbers
+//! its batches 0, 1, 2... and writes each once, in order, so [`BatchOrder`] sees a
+//! repeat (skipped) or a gap: the node's table may then differ from the others', and it
+//! exits (code 2) to start again from the snapshot, its clients resuming elsewhere.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +19,7 @@ use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::log::{Entry, KeyKind, Keys, Op, ABORTED};
+use super::log::{Entry, KeyKind, Keys, NodeNumber, Op, ABORTED};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, Writer};
 use super::{etcd, Node};
@@ -29,6 +35,7 @@ pub async fn run(client: Client, keys: Keys, state: Arc<State>, sessions: Arc<Se
     let (loaded, mut next) = load_snapshot(&client, &keys, &state, &sessions).await;
     applied.send_replace(loaded);
     let mut snapshots = Writer::new(loaded);
+    let mut order = BatchOrder::default();
     loop {
         // History (a node that starts, or reopens its watch) comes from etcd up to 1000
         // revisions per response unless fragmented: with batches of up to a MiB that is
@@ -65,14 +72,29 @@ pub async fn run(client: Client, keys: Keys, state: Arc<State>, sessions: Arc<Se
                     std::process::exit(2);
                 }
                 next = from;
+                order = BatchOrder::default();
                 applied.send_replace(loaded);
                 break;
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let revision = kv.mod_revision();
-                match (event.event_type(), keys.classify(kv.key())) {
-                    (EventType::Put, KeyKind::Batch) if kv.value() != ABORTED => apply_batch(&state, &sessions, revision, kv.value()),
+                let kind = keys.classify(kv.key());
+                if let (EventType::Put, KeyKind::Batch { node, number }) = (event.event_type(), kind) {
+                    match order.see(node, number) {
+                        Seen::Next => {}
+                        Seen::Repeat => {
+                            warn!(node, number, revision, "the watch repeated a batch already applied; skipped");
+                            continue;
+                        }
+                        Seen::Gap { expected } => {
+                            error!(node, expected, got = number, revision, "the watch of the cluster log skipped a batch; this node's table may differ from the others', so it exits to start again from the snapshot");
+                            std::process::exit(2);
+                        }
+                    }
+                }
+                match (event.event_type(), kind) {
+                    (EventType::Put, KeyKind::Batch { .. }) if kv.value() != ABORTED => apply_batch(&state, &sessions, revision, kv.value()),
                     (EventType::Put, KeyKind::Node(node)) => sessions.node_alive(node),
                     (EventType::Delete, KeyKind::Node(node)) => {
                         for session in sessions.node_lapsed(node) {
@@ -88,6 +110,38 @@ pub async fn run(client: Client, keys: Keys, state: Arc<State>, sessions: Arc<Se
             snapshots.maybe_write(snapshot_every, &state, &sessions, next - 1, &client, &keys);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last batch number applied from each node, to catch a watch that skips or repeats
+/// one. A node's first batch seen is taken as it comes (its earlier ones may be in the
+/// snapshot this node started from).
+#[derive(Debug, Default)]
+struct BatchOrder {
+    last: HashMap<NodeNumber, u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Next,
+    Repeat,
+    Gap { expected: u64 },
+}
+
+impl BatchOrder {
+    fn see(&mut self, node: NodeNumber, number: u64) -> Seen {
+        let Some(last) = self.last.get_mut(&node) else {
+            self.last.insert(node, number);
+            return Seen::Next;
+        };
+        match number.cmp(&(*last + 1)) {
+            std::cmp::Ordering::Less => Seen::Repeat,
+            std::cmp::Ordering::Greater => Seen::Gap { expected: *last + 1 },
+            std::cmp::Ordering::Equal => {
+                *last = number;
+                Seen::Next
+            }
+        }
     }
 }
 
@@ -170,5 +224,22 @@ pub fn apply(state: &State, sessions: &Arc<Sessions>, entry: Entry) {
                 Admit::Expired => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_order_takes_each_nodes_batches_in_turn_and_tells_repeats_and_gaps() {
+        let mut order = BatchOrder::default();
+        assert_eq!(order.see(1, 5), Seen::Next, "a node's first batch seen may be any");
+        assert_eq!(order.see(2, 0), Seen::Next);
+        assert_eq!(order.see(1, 6), Seen::Next);
+        assert_eq!(order.see(1, 6), Seen::Repeat);
+        assert_eq!(order.see(1, 2), Seen::Repeat);
+        assert_eq!(order.see(2, 1), Seen::Next);
+        assert_eq!(order.see(1, 8), Seen::Gap { expected: 7 });
     }
 }

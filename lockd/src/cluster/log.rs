@@ -127,8 +127,10 @@ impl Keys {
         if let Some(n) = text.strip_prefix("nodes/") {
             return n.parse().map_or(KeyKind::Other, KeyKind::Node);
         }
-        if text.starts_with("log/") {
-            return KeyKind::Batch;
+        if let Some((node, number)) = text.strip_prefix("log/").and_then(|b| b.split_once('/')) {
+            if let (Ok(node), Ok(number)) = (node.parse(), number.parse()) {
+                return KeyKind::Batch { node, number };
+            }
         }
         KeyKind::Other
     }
@@ -137,7 +139,8 @@ impl Keys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
     Node(NodeNumber),
-    Batch,
+    /// Batch `number` of node `node` (numbered from 0, each written once, in order).
+    Batch { node: NodeNumber, number: u64 },
     Other,
 }
 
@@ -155,7 +158,8 @@ mod tests {
     fn keys_are_told_apart() {
         let keys = Keys::new("/pklock/x/");
         assert_eq!(keys.classify(keys.node(7).as_bytes()), KeyKind::Node(7));
-        assert_eq!(keys.classify(keys.batch(7, 3).as_bytes()), KeyKind::Batch);
+        assert_eq!(keys.classify(keys.batch(7, 3).as_bytes()), KeyKind::Batch { node: 7, number: 3 });
+        assert_eq!(keys.classify(b"/pklock/x/log/7"), KeyKind::Other);
         assert_eq!(keys.classify(keys.config().as_bytes()), KeyKind::Other);
         assert_eq!(keys.classify(b"/pklock/xy/nodes/1"), KeyKind::Other);
     }

@@ -83,12 +83,19 @@ impl LockdProcess {
     pub fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
         let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
         assert!(sent.success(), "kill -{signal}");
+        self.exit_within(REPLY_TIMEOUT * 4).unwrap_or_else(|| panic!("lockd did not exit after SIG{signal}"))
+    }
+
+    /// How lockd exited, if it did within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                return Some(status);
             }
-            assert!(start.elapsed() < REPLY_TIMEOUT * 4, "lockd did not exit after SIG{signal}");
+            if start.elapsed() > limit {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
