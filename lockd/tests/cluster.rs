@@ -151,7 +151,7 @@ fn a_dead_nodes_sessions_are_released_after_their_ttl() {
     assert_eq!(reply["error"]["code"], json!("session_expired"), "{reply}");
 }
 
-/// A node whose etcd answers late (0.9 s, under the 1 s renewal period of a 3 s TTL) keeps
+/// A node whose etcd answers late (0.8 s, under the 1 s renewal period of a 3 s TTL) keeps
 /// its lease and its clients: a renewal is one round trip, due a period after the last was
 /// sent, however long etcd took to answer that one. And when it dies at the worst moment
 /// (etcd has gone a full period without a renewal, the next is about to come), its
@@ -164,7 +164,7 @@ fn a_node_whose_etcd_answers_late_keeps_its_lease_and_its_sessions_live_their_tt
     let etcd = Etcd::start(1);
     let p = prefix("late-answers");
     let ttl = 3;
-    let proxy = SlowProxy::to(&etcd.members[0].client_url, Duration::from_millis(900));
+    let proxy = SlowProxy::to(&etcd.members[0].client_url, Duration::from_millis(800));
     let mut n1 = node_via(free_port(), &format!("etcd://{}", proxy.addr), &p, ttl, &[]);
     let n2 = node(&etcd, &p, ttl);
     let mut holder = n1.client();
@@ -184,9 +184,9 @@ fn a_node_whose_etcd_answers_late_keeps_its_lease_and_its_sessions_live_their_tt
     let overdue = |text: String| text.split("remaining(").nth(1).and_then(|rest| rest.split('s').next()?.parse::<u64>().ok()).is_some_and(|left| left < ttl);
     let watching = Instant::now();
     while watching.elapsed() < Duration::from_secs(8) && !etcd.etcdctl(&["lease", "timetolive", &lease]).is_some_and(overdue) {}
-    // Renewals timed from etcd's answers would come 1.9 s apart here: this dies late in such
+    // Renewals timed from etcd's answers would come 1.8 s apart here: this dies late in such
     // a gap. Renewals a period apart have come by now anyway.
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(600));
     let cluster = holder.call("stat", json!({}))["cluster"].clone();
     assert_eq!(cluster["available"], json!(true), "the node lost its lease though etcd answered within a period: {cluster}");
     n1.stop_with("KILL");
