@@ -9,7 +9,10 @@
 // - release: a holder holds the lock, a waiter blocks on it through the other nodes; the
 //   holder's node is SIGKILLed, then the holder process (so nobody resumes its session).
 //   Measured from just before the node's kill to the waiter's grant: the session's TTL
-//   plus what etcd and the nodes take to notice that it ran out.
+//   plus what etcd and the nodes take to notice that it ran out. The kill comes at a
+//   random moment of the node's 1 s lease renewal cycle (how long ago the node last renewed
+//   is most of the spread); a sample during which etcd elected a leader is counted in
+//   leader_changes: a new etcd leader gives every lease its full TTL again.
 // After each sample the killed node is started again on its port.
 //
 //   bench/php/node-loss.php [--resume-samples=20] [--release-samples=3] [--ttl=3]
@@ -58,21 +61,46 @@ function main(array $options): void
     report('resume', "holder's node SIGKILLed → holder served again by another node", $resumes, $options['ttl']);
 
     $releases = [];
+    $leaderChanges = 0;
     for ($i = 0; $i < $options['release-samples']; $i++) {
         $holder = new Child('node-loss.php', ['holder', $list(array_keys($nodes))]);
         $served = $holder->receive();
         $others = $list(array_values(array_diff(array_keys($nodes), [$served])));
         $waiter = new Child('node-loss.php', ['waiter', $others]);
         awaitWaiter(new PkLockClient($others));
+        // Killed a fixed delay into each sample, the nodes would die at the same moment of
+        // their 1 s renewal cycle every time: a node restarts a fixed delay after the
+        // previous release, and releases fall on etcd's 0.5 s expiry checks, so the
+        // renewals keep step with this loop (13 of 15 samples came out at 3.9 s or 4.4 s at
+        // TTL 3 s). A random wait of up to a renewal period spreads the kills over the cycle.
+        usleep(random_int(0, 999_999));
+        $term = etcdTerm();
         $killed = hrtime(true);
         $nodes[$served]->kill();
         $holder->kill();
         $releases[] = ((int) $waiter->receive() - $killed) / 1e3;
+        if (etcdTerm() !== $term) {
+            $leaderChanges++;
+            fprintf(STDERR, "node-loss: etcd elected a leader during release sample %d (%.0f µs)\n", $i, end($releases));
+        }
         $waiter->close();
         $holder->close();
         $nodes[$served]->restart();
     }
-    report('release', "holder's node and holder SIGKILLed → its lock released (TTL {$options['ttl']} s)", $releases, $options['ttl']);
+    report('release', "holder's node and holder SIGKILLed → its lock released (TTL {$options['ttl']} s)", $releases, $options['ttl'], ['leader_changes' => $leaderChanges]);
+}
+
+/** etcd's Raft term, which grows with each leader election. */
+function etcdTerm(): int
+{
+    $terms = [0];
+    foreach (explode(',', env('PKLOCK_BENCH_ETCD')) as $member) {
+        $curl = curl_init("http://$member/v3/maintenance/status");
+        curl_setopt_array($curl, [CURLOPT_POST => true, CURLOPT_POSTFIELDS => '{}', CURLOPT_RETURNTRANSFER => true, CURLOPT_TIMEOUT => 2]);
+        $reply = curl_exec($curl);
+        $terms[] = is_string($reply) ? (int) (json_decode($reply, true)['raftTerm'] ?? 0) : 0;
+    }
+    return max($terms);
 }
 
 /** Blocks until the cluster shows the waiter queued, so the kill always has someone waiting. */
@@ -85,11 +113,13 @@ function awaitWaiter(PkLockClient $control): void
     }
 }
 
-function report(string $metric, string $case, array $samples, int $ttl): void
+function report(string $metric, string $case, array $samples, int $ttl, array $extra = []): void
 {
-    fprintf(STDERR, "node-loss: %s, %d samples, median %.0f µs\n", $metric, count($samples), percentile($samples, 50));
+    sort($samples);
+    $each = implode(' ', array_map(fn (float $us): string => sprintf('%.2f', $us / 1e6), $samples));
+    fprintf(STDERR, "node-loss: %s, %d samples, median %.0f µs (each, s: %s)\n", $metric, count($samples), percentile($samples, 50), $each);
     foreach ([50, 99] as $p) {
-        result('node-loss', 'pklock', $case, "{$metric}_p$p", percentile($samples, $p), 'µs', ['samples' => count($samples), 'ttl_ms' => $ttl * 1000]);
+        result('node-loss', 'pklock', $case, "{$metric}_p$p", percentile($samples, $p), 'µs', ['samples' => count($samples), 'ttl_ms' => $ttl * 1000] + $extra);
     }
 }
 

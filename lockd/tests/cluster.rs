@@ -1,16 +1,16 @@
 //! Cluster mode against real etcd members and real lockd nodes (docs/CLUSTER.md): one
 //! lock table across nodes, sessions that survive the loss of their node, sessions of a
-//! dead node released within their TTL, tokens that keep increasing across a restart of
-//! every node, no lock lost when the etcd leader dies, `unavailable` without quorum, a
-//! node cut off from etcd (a freezable proxy) closing its clients, who resume elsewhere;
-//! snapshots; TLS to etcd.
+//! dead node released within their TTL and not before (also when etcd answers late),
+//! tokens that keep increasing across a restart of every node, no lock lost when the etcd
+//! leader dies, `unavailable` without quorum, a node cut off from etcd (a freezable proxy)
+//! closing its clients, who resume elsewhere; snapshots; TLS to etcd.
 //! Skipped, saying so, where etcd is not installed.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{etcd_available, node, node_on, node_via, node_with, prefix, Etcd, FreezableProxy};
+use common::cluster::{etcd_available, node, node_on, node_via, node_with, prefix, Etcd, FreezableProxy, SlowProxy};
 use common::process::free_port;
 use common::Client;
 use serde_json::{json, Value};
@@ -149,6 +149,52 @@ fn a_dead_nodes_sessions_are_released_after_their_ttl() {
     let mut late = n2.client();
     let reply = resume(&mut late, &holder, &session, &[]);
     assert_eq!(reply["error"]["code"], json!("session_expired"), "{reply}");
+}
+
+/// A node whose etcd answers late (0.8 s, under the 1 s renewal period of a 3 s TTL) keeps
+/// its lease and its clients: a renewal is one round trip, due a period after the last was
+/// sent, however long etcd took to answer that one. And when it dies at the worst moment
+/// (etcd has gone a full period without a renewal, the next is about to come), its
+/// sessions still live their TTL.
+#[test]
+fn a_node_whose_etcd_answers_late_keeps_its_lease_and_its_sessions_live_their_ttl() {
+    if !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start(1);
+    let p = prefix("late-answers");
+    let ttl = 3;
+    let proxy = SlowProxy::to(&etcd.members[0].client_url, Duration::from_millis(800));
+    let mut n1 = node_via(free_port(), &format!("etcd://{}", proxy.addr), &p, ttl, &[]);
+    let n2 = node(&etcd, &p, ttl);
+    let mut holder = n1.client();
+    // The node binds its port before it has joined, which takes a few late answers.
+    holder.send("hello", json!({}));
+    holder.try_recv(Duration::from_secs(30)).expect("n1 joined the cluster");
+    holder.lock("t", 0);
+    let me = holder.call("stat", json!({}))["cluster"]["node"].as_u64().unwrap();
+    let mut waiter = n2.client();
+    hello(&mut waiter);
+    let wait_id = waiter.send("lock", json!({"keys": "t", "wait": 30}));
+
+    // etcd reports whole seconds left (rounded down) of the lease's TTL + 1 s: below the
+    // TTL once more than a renewal period passed since it counted the last renewal.
+    let announced: Value = serde_json::from_str(&etcd.etcdctl(&["get", &format!("{p}/nodes/{me}"), "-w", "json"]).unwrap()).unwrap();
+    let lease = format!("{:x}", announced["kvs"][0]["lease"].as_i64().unwrap());
+    let overdue = |text: String| text.split("remaining(").nth(1).and_then(|rest| rest.split('s').next()?.parse::<u64>().ok()).is_some_and(|left| left < ttl);
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(8) && !etcd.etcdctl(&["lease", "timetolive", &lease]).is_some_and(overdue) {}
+    // Renewals timed from etcd's answers would come 1.8 s apart here: this dies late in such
+    // a gap. Renewals a period apart have come by now anyway.
+    std::thread::sleep(Duration::from_millis(600));
+    let cluster = holder.call("stat", json!({}))["cluster"].clone();
+    assert_eq!(cluster["available"], json!(true), "the node lost its lease though etcd answered within a period: {cluster}");
+    n1.stop_with("KILL");
+    let killed = Instant::now();
+    let grant = waiter.try_recv(Duration::from_secs(ttl + 5)).expect("granted once the dead node's lease lapsed");
+    let waited = killed.elapsed();
+    assert_eq!(grant["id"], json!(wait_id));
+    assert!(waited >= Duration::from_secs(ttl) - Duration::from_millis(100), "released before the TTL ran out: {waited:?}");
 }
 
 #[test]

@@ -72,7 +72,11 @@ pub async fn keep_alive(node: Arc<Node>, mut client: Client, mut lease: i64) {
                     info!(session, "no connection resumed this session within its TTL; releasing its locks");
                     node.submit(Entry::by_node(session, epoch, Op::Close));
                 }
-                tokio::time::sleep(period).await;
+                // The next renewal is due a period after this one was sent, not after its
+                // answer came: etcd counted this one when it got it, so waiting for the
+                // answer first would let a node that dies just before its next renewal
+                // leave a lease with less than the sessions' TTL to run.
+                tokio::time::sleep_until(sent_at + period).await;
                 continue;
             }
             Ok(false) => {
@@ -100,21 +104,22 @@ pub async fn keep_alive(node: Arc<Node>, mut client: Client, mut lease: i64) {
     }
 }
 
-/// One renewal on a fresh keep-alive stream: Ok(false) if the lease no longer exists.
+/// One renewal, on a fresh keep-alive stream: Ok(false) if the lease no longer exists.
+/// etcd-client opens the stream with a renewal and waits for its answer, so that is the
+/// renewal (a second one on the stream would only cost another round trip).
 async fn renew(client: &mut Client, lease: i64) -> Result<bool, ClusterError> {
-    let (mut keeper, mut stream) = match etcd("opening the lease keep-alive", client.lease_keep_alive(lease)).await {
-        Ok(opened) => opened,
-        // etcd-client opens the stream with a first renewal and turns etcd's answer for an
-        // expired lease (TTL 0) into this error: ask etcd whether the lease is still there.
+    match etcd("renewing the lease", client.lease_keep_alive(lease)).await {
+        Ok(_) => Ok(true),
+        // etcd-client turns etcd's answer for an expired lease (TTL 0) into this error,
+        // as it does a failure to send: ask etcd whether the lease is still there.
         Err(ClusterError::Etcd(etcd_client::Error::LeaseKeepAliveError(why))) => {
             let left = etcd("reading the lease's TTL", client.lease_time_to_live(lease, None)).await?.ttl();
-            return if left > 0 { Err(ClusterError::Etcd(etcd_client::Error::LeaseKeepAliveError(why))) } else { Ok(false) };
+            if left > 0 {
+                Err(ClusterError::Etcd(etcd_client::Error::LeaseKeepAliveError(why)))
+            } else {
+                Ok(false)
+            }
         }
-        Err(e) => return Err(e),
-    };
-    etcd("renewing the lease", keeper.keep_alive()).await?;
-    match etcd("renewing the lease", stream.message()).await? {
-        Some(response) => Ok(response.ttl() > 0),
-        None => Err(ClusterError::Timeout("the keep-alive stream ended")),
+        Err(e) => Err(e),
     }
 }

@@ -269,3 +269,51 @@ impl FreezableProxy {
         self.frozen.store(frozen, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A TCP proxy whose answers are late: what the client sends goes on at once, what the
+/// server sends back reaches the client `delay` later (in order), as with an etcd that
+/// takes that long to answer. etcd acts on each request when it gets it.
+pub struct SlowProxy {
+    pub addr: std::net::SocketAddr,
+}
+
+impl SlowProxy {
+    pub fn to(upstream: &str, delay: Duration) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = upstream.split("://").last().unwrap().to_owned();
+        // Copies `from` to `to` until either end closes; `late` holds each chunk back.
+        fn pipe(mut from: TcpStream, to: TcpStream, late: Option<Duration>) {
+            let (chunks, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let mut writer = to.try_clone().unwrap();
+            let delivery = std::thread::spawn(move || {
+                for (at, chunk) in due {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    if writer.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                if chunks.send((Instant::now() + late.unwrap_or_default(), buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+            drop(chunks);
+            let _ = delivery.join();
+            let _ = to.shutdown(Shutdown::Both);
+        }
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (c, s) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pipe(c, s, None));
+                std::thread::spawn(move || pipe(server, client, Some(delay)));
+            }
+        });
+        SlowProxy { addr }
+    }
+}
