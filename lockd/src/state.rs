@@ -52,6 +52,20 @@ struct Guarded {
     tokens: TokenStore,
 }
 
+/// Runs `work` (long, blocking) so that it does not hold up the other tasks of the
+/// tokio worker thread it is called on: the worker hands its tasks and its turn at the
+/// I/O driver to another thread meanwhile. Without that, the other workers may all be
+/// asleep and nobody reads the sockets until `work` is done: a second's stall for every
+/// client while a client's million locks go. Elsewhere (no runtime, or a single-thread
+/// one, as in tests) `work` simply runs.
+fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// A connected client, as others (`locks`, the logs, `kick`) may ask about it.
 #[derive(Debug)]
 struct Peer {
@@ -222,14 +236,16 @@ impl State {
             release
         });
         if !release.is_done() {
-            release.sort_keys();
-            while !release.is_done() {
-                self.apply(|t, now, woken| {
-                    let before = release.counts().0;
-                    t.release_slice(&mut release, now, woken);
-                    released(release.counts().0 - before);
-                });
-            }
+            off_the_runtime(|| {
+                release.sort_keys();
+                while !release.is_done() {
+                    self.apply(|t, now, woken| {
+                        let before = release.counts().0;
+                        t.release_slice(&mut release, now, woken);
+                        released(release.counts().0 - before);
+                    });
+                }
+            });
         }
         release.counts()
     }
