@@ -13,11 +13,11 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::{self, in_netns, ip};
 use common::Client;
 use serde_json::json;
 
@@ -52,12 +52,7 @@ struct Net {
 impl Net {
     /// Builds the namespaces and starts lockd, or says why this machine cannot.
     fn create() -> Result<Net, String> {
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("network namespaces need root".into());
-        }
-        if Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            return Err("`ip` (iproute2) is not installed".into());
-        }
+        netns::usable()?;
         let tag = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let mut net = Net { server_ns: format!("pklock-vh-{tag}-s"), client_ns: format!("pklock-vh-{tag}-c"), client_if: "vh-client".into(), lockd: None };
         // The first namespace tells whether this machine allows them at all (a container
@@ -140,29 +135,6 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", ns]);
         }
     }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`: sockets it creates
-/// belong to that namespace for good, whichever thread uses them afterwards.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns({path}): {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in the namespace panicked")
 }
 
 /// Writes past the test harness's output capture, so a skip is seen in `make test`.

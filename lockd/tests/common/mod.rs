@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod cluster;
+pub mod netns;
 pub mod process;
 
 use std::io::{ErrorKind, Read, Write};
