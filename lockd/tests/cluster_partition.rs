@@ -55,8 +55,7 @@ impl Partitioned {
         std::fs::create_dir_all(&net.dir).unwrap();
         let client_url = format!("http://{CORE_IP}:{ETCD_PORT}");
         let etcd_log = std::fs::File::create(net.dir.join("etcd.log")).unwrap();
-        let etcd = net
-            .in_ns(&net.core.clone(), "etcd")
+        let etcd = in_ns(&net.core, "etcd")
             .args(["--name", "e0", "--data-dir", net.dir.join("e0").to_str().unwrap()])
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
@@ -73,19 +72,11 @@ impl Partitioned {
         Ok(net)
     }
 
-    /// `program` run in namespace `ns` (`ip netns exec` execs it, so the child is it).
-    fn in_ns(&self, ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]).stdin(Stdio::null());
-        command
-    }
-
     /// Until etcd takes a write (a node that cannot join exits).
     fn wait_for_etcd(&self, client_url: &str) {
         let start = Instant::now();
         loop {
-            let put = self
-                .in_ns(&self.core, "etcdctl")
+            let put = in_ns(&self.core, "etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", client_url, "--command-timeout", "2s", "put", "/pklock-test/ready", "1"])
                 .stdout(Stdio::null())
@@ -100,8 +91,7 @@ impl Partitioned {
     }
 
     fn start_node(&mut self, ns: &str, ip_addr: &str) {
-        let node = self
-            .in_ns(ns, env!("CARGO_BIN_EXE_lockd"))
+        let node = in_ns(ns, env!("CARGO_BIN_EXE_lockd"))
             .args(["--listen", &format!("{ip_addr}:{NODE_PORT}"), "--cluster", &format!("etcd://{CORE_IP}:{ETCD_PORT}")])
             .args(["--cluster-prefix", "/pklock-test/partition", "--session-ttl", &TTL.to_string(), "--log-level", "warn"])
             .args(["--allow", &format!("{CORE_IP}/32"), "--allow", "127.0.0.0/8"])
@@ -135,6 +125,13 @@ impl Partitioned {
         ip(&["-n", &self.core, "route", "del", "blackhole", &format!("{EDGE_IP}/32")]).expect("heal core");
         ip(&["-n", &self.edge, "route", "del", "blackhole", &format!("{CORE_IP}/32")]).expect("heal edge");
     }
+}
+
+/// `program` run in namespace `ns` (`ip netns exec` execs it, so the child is it).
+fn in_ns(ns: &str, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, program]).stdin(Stdio::null());
+    command
 }
 
 impl Drop for Partitioned {
