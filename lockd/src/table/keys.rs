@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use foldhash::fast::RandomState;
-use hashbrown::HashTable;
 use pklock_proto::Mode;
 use slab::Slab;
 use std::hash::BuildHasher;
 
+use super::slots::Slots;
 use super::{Holder, Key, Owner, RequestId, ValueId};
 
 /// The class of an exclusive request in a queue (values of shared requests are below it).
@@ -414,7 +414,7 @@ impl KeyState {
 #[derive(Debug, Default)]
 pub(super) struct KeyMap {
     records: Slab<KeyState>,
-    slots: HashTable<u32>,
+    slots: Slots,
     sorted: BTreeSet<Key>,
     /// Sum of the names' lengths, for the memory estimate.
     name_bytes: usize,
@@ -437,7 +437,7 @@ impl KeyMap {
 
     fn find(&self, key: &str) -> Option<usize> {
         let records = &self.records;
-        self.slots.find(self.hash(key), |&id| *records[id as usize].key == *key).map(|&id| id as usize)
+        self.slots.find(self.hash(key), |id| *records[id as usize].key == *key).map(|id| id as usize)
     }
 
     pub fn get(&self, key: &str) -> Option<&KeyState> {
@@ -456,7 +456,7 @@ impl KeyMap {
                 let id = self.records.insert(KeyState::new(key.clone()));
                 let slot = u32::try_from(id).expect("fewer than 2^32 keys (each takes over 100 bytes)");
                 let (records, hasher) = (&self.records, &self.hasher);
-                self.slots.insert_unique(self.hash(key), slot, |&id| hasher.hash_one(&*records[id as usize].key));
+                self.slots.insert(self.hash(key), slot, |id| hasher.hash_one(&*records[id as usize].key));
                 self.sorted.insert(key.clone());
                 self.name_bytes += key.len();
                 id
@@ -469,11 +469,10 @@ impl KeyMap {
     pub fn remove_if_idle(&mut self, key: &str) {
         let hash = self.hash(key);
         let records = &self.records;
-        if let Ok(entry) = self.slots.find_entry(hash, |&id| *records[id as usize].key == *key) {
-            let id = *entry.get() as usize;
-            if records[id].is_idle() {
-                entry.remove();
-                let state = self.records.remove(id);
+        if let Some(id) = self.slots.find(hash, |id| *records[id as usize].key == *key) {
+            if records[id as usize].is_idle() {
+                self.slots.remove(hash, id);
+                let state = self.records.remove(id as usize);
                 self.sorted.remove(&state.key);
                 self.name_bytes -= state.key.len();
             }
@@ -492,3 +491,4 @@ impl KeyMap {
             .filter_map(move |k| self.get(k))
     }
 }
+

@@ -44,6 +44,7 @@ mod grant;
 mod image;
 mod keys;
 mod release;
+mod slots;
 mod snapshot;
 mod values;
 
