@@ -63,13 +63,6 @@ pub struct Config {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
-    /// How connections are shared among the threads: `pinned`, each thread serves the
-    /// connections given to it in turn as they are accepted (as memcached does; the least
-    /// CPU per request); `stealing`, any thread serves any connection, idle threads taking
-    /// work from busy ones (evens out a few very busy connections).
-    #[arg(long, value_enum, default_value_t = Scheduler::Pinned)]
-    pub scheduler: Scheduler,
-
     /// Most locks held at once (a (key, owner) pair each), counting the new keys queued
     /// requests ask for.
     #[arg(long, default_value_t = 10_000_000)]
@@ -215,12 +208,6 @@ pub struct Config {
     /// overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scheduler {
-    Pinned,
-    Stealing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

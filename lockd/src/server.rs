@@ -4,11 +4,9 @@
 //! reaper that ends waits whose time ran out, serves metrics when asked to, and shuts
 //! down cleanly when told to.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +17,6 @@ use pklock_proto::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -134,7 +131,6 @@ pub struct Server {
     reloadable: Arc<Reloadable>,
     /// `--metrics-listen`.
     metrics: Option<TcpListener>,
-    spread: Arc<Spread>,
 }
 
 impl Server {
@@ -164,14 +160,7 @@ impl Server {
             let node = crate::cluster::Node::join(&shared.config.cluster, shared.config.limits(), shared.clone()).await?;
             shared.join_cluster(node);
         }
-        Ok(Server { listeners, shared, reloadable, metrics, spread: Arc::default() })
-    }
-
-    /// Serves the accepted connections on these runtimes, given to each in turn (by
-    /// default all on the runtime [`run`](Self::run) is called on).
-    pub fn spread_connections_over(mut self, runtimes: Vec<Handle>) -> Self {
-        self.spread = Arc::new(Spread { runtimes, next: AtomicUsize::new(0) });
-        self
+        Ok(Server { listeners, shared, reloadable, metrics })
     }
 
     /// Where SIGHUP puts the settings that change without a restart.
@@ -215,8 +204,7 @@ impl Server {
             mediawiki_sessions: Arc::default(),
         };
         for (listener, protocol) in self.listeners {
-            let spawner = Spawner { tracker: tracker.clone(), spread: self.spread.clone() };
-            tracker.spawn(accept_loop(listener, protocol, self.reloadable.clone(), self.shared.clone(), admission.clone(), spawner, closing.clone()));
+            tracker.spawn(accept_loop(listener, protocol, self.reloadable.clone(), self.shared.clone(), admission.clone(), tracker.clone(), closing.clone()));
         }
         shutdown.cancelled().await;
         if self.shared.cluster().is_some() {
@@ -247,49 +235,13 @@ struct Admission {
     mediawiki_sessions: Arc<mediawiki::Sessions>,
 }
 
-/// The runtimes connections are served on, taken in turn.
-#[derive(Debug, Default)]
-struct Spread {
-    runtimes: Vec<Handle>,
-    next: AtomicUsize,
-}
-
-/// Starts a connection's task on the next runtime, tracked for the shutdown's drain.
-struct Spawner {
-    tracker: TaskTracker,
-    spread: Arc<Spread>,
-}
-
-impl Spawner {
-    /// Moves `stream` to the next runtime (its socket is registered with that runtime's
-    /// poller, so that runtime's thread alone wakes for it) and serves it there.
-    fn spawn<F>(&self, stream: TcpStream, serve: impl FnOnce(TcpStream) -> F) -> io::Result<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let runtimes = &self.spread.runtimes;
-        if runtimes.len() <= 1 {
-            self.tracker.spawn(serve(stream));
-            return Ok(());
-        }
-        let runtime = &runtimes[self.spread.next.fetch_add(1, Ordering::Relaxed) % runtimes.len()];
-        let stream = stream.into_std()?;
-        let stream = {
-            let _on = runtime.enter();
-            TcpStream::from_std(stream)?
-        };
-        self.tracker.spawn_on(serve(stream), runtime);
-        Ok(())
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     protocol: Protocol,
     reloadable: Arc<Reloadable>,
     shared: Arc<State>,
     admission: Admission,
-    spawner: Spawner,
+    tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -325,36 +277,25 @@ async fn accept_loop(
             warn!(%peer, error = %e, "could not set socket options");
         }
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        let spawned = match protocol {
+        match protocol {
             Protocol::Native => {
                 // Registered here, before the next accept, so that its id exists from the start.
                 let conn = shared.connect(peer);
                 let budget = admission.budget.clone();
-                let state = shared.clone();
-                let spawned = match tls {
-                    None => spawner.spawn(stream, move |stream| {
+                match &tls {
+                    None => {
                         let fd = stream.as_raw_fd();
-                        connection::serve(state, conn, permit, stream.into(), fd, peer, budget, shutdown)
-                    }),
-                    Some(tls) => spawner.spawn(stream, move |stream| tls::serve(tls, state, conn, permit, stream, peer, budget, shutdown)),
+                        tracker.spawn(connection::serve(shared, conn, permit, stream.into(), fd, peer, budget, shutdown.clone()))
+                    }
+                    Some(tls) => tracker.spawn(tls::serve(tls.clone(), shared, conn, permit, stream, peer, budget, shutdown.clone())),
                 };
-                if spawned.is_err() {
-                    shared.disconnect(conn);
-                }
-                spawned
             }
             Protocol::ELock => {
-                let sessions = admission.elock_sessions.clone();
-                spawner.spawn(stream, move |stream| elock::serve(shared, sessions, permit, stream, peer, shutdown))
+                tracker.spawn(elock::serve(shared, admission.elock_sessions.clone(), permit, stream, peer, shutdown.clone()));
             }
             Protocol::MediaWiki => {
-                let sessions = admission.mediawiki_sessions.clone();
-                spawner.spawn(stream, move |stream| mediawiki::serve(shared, sessions, permit, stream, peer, shutdown))
+                tracker.spawn(mediawiki::serve(shared, admission.mediawiki_sessions.clone(), permit, stream, peer, shutdown.clone()));
             }
-        };
-        if let Err(e) = spawned {
-            error!(%peer, error = %e, "could not hand the connection to a worker thread; closed");
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::parser::ValueSource;
-use lockd::config::{LogFormat, Scheduler};
+use lockd::config::LogFormat;
 use lockd::config_file::{LoadError, Settings};
 use lockd::server::Reloadable;
 use lockd::{Config, Server};
@@ -50,10 +50,15 @@ fn main() -> anyhow::Result<()> {
     }
     let open_files = lockd::server::fit_open_file_limit(config)?;
     tracing::debug!(open_files, "open-file limit");
-    let runtimes = start_runtimes(config)?;
-    let handles = runtimes.iter().map(|runtime| runtime.handle().clone()).collect();
-    runtimes[0].block_on(async {
-        let server = Server::bind(settings.config.clone()).await?.spread_connections_over(handles);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Named, so that `top -H` and `ps -L` show which threads are the server's.
+    runtime.thread_name("lockd-worker");
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(settings.config.clone()).await?;
         let shutdown = CancellationToken::new();
         let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -76,24 +81,6 @@ fn main() -> anyhow::Result<()> {
         server.run(shutdown).await;
         anyhow::Ok(())
     })
-}
-
-/// The threads that serve connections, all named `lockd-worker` (as `top -H` and `ps -L`
-/// show them): one runtime whose threads share every connection (`--scheduler stealing`),
-/// or one single-thread runtime per thread, each serving its own connections. A runtime of
-/// one worker rather than tokio's current-thread kind, so that the release of a client's
-/// millions of locks can hand the thread's other connections to a spare thread
-/// (`block_in_place`, state.rs).
-fn start_runtimes(config: &Config) -> anyhow::Result<Vec<tokio::runtime::Runtime>> {
-    let threads = match config.worker_threads {
-        Some(threads) => usize::from(threads),
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    let start = |threads: usize| tokio::runtime::Builder::new_multi_thread().thread_name("lockd-worker").worker_threads(threads).enable_all().build().context("starting the runtime");
-    match config.scheduler {
-        Scheduler::Stealing => Ok(vec![start(threads)?]),
-        Scheduler::Pinned => (0..threads).map(|_| start(1)).collect(),
-    }
 }
 
 /// SIGHUP: re-reads the flags, environment and file, and applies the allow-list, the log
