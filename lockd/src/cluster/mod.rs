@@ -495,6 +495,7 @@ async fn agree_on_limits(client: &mut Client, keys: &Keys, limits: &Limits) -> R
         "max_locks": limits.max_locks,
         "max_memory": limits.max_memory,
         "max_waiters": limits.max_waiters,
+        "max_waiters_per_connection": limits.max_waiters_per_connection,
         "deadlock_budget": limits.deadlock_budget,
         "max_keys": limits.max_keys,
         "max_key_len": limits.max_key_len,

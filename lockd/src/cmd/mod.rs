@@ -153,7 +153,7 @@ impl From<TableError> for ErrorBody {
             TableError::MemoryLimit { .. } => ErrorCode::MemoryLimit,
             TableError::ShuttingDown => ErrorCode::ShuttingDown,
             TableError::ValueConflict => ErrorCode::BadRequest,
-            TableError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
+            TableError::TooManyWaiters { .. } | TableError::TooManyWaitersOnConnection { .. } => ErrorCode::TooManyWaiters,
             TableError::TooManyKeys { .. } => ErrorCode::TooManyKeys,
             TableError::BadKey(_) => ErrorCode::BadKey,
             TableError::OwnerBusy { .. } => ErrorCode::OwnerBusy,

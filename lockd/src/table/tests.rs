@@ -327,6 +327,26 @@ fn limits_are_enforced_with_clear_errors() {
 }
 
 #[test]
+fn one_connection_waits_for_at_most_its_share_and_every_ended_wait_frees_a_place() {
+    let mut f = Fixture::with(Limits { max_waiters_per_connection: 2, ..Limits::default() });
+    f.x(owner(9, 0), &["a", "b", "c"], "holder");
+    assert_eq!(f.x(owner(1, 1), &["a"], "granted later"), Acquired::Queued);
+    assert_eq!(f.lock(owner(1, 2), &["b"], Mode::Exclusive, Some(5), "times out").unwrap(), Acquired::Queued);
+    let full = f.lock(owner(1, 3), &["c"], Mode::Exclusive, None, "refused");
+    assert!(matches!(full, Err(TableError::TooManyWaitersOnConnection { limit: 2 })), "{full:?}");
+    assert_eq!(f.x(owner(2, 3), &["c"], "another connection"), Acquired::Queued, "the limit is per connection");
+
+    // A grant, a timeout and a withdrawn owner each free a place.
+    f.unlock(owner(9, 0), &["a"]);
+    assert_eq!(f.x(owner(1, 3), &["c"], "third"), Acquired::Queued);
+    f.advance(6);
+    assert_eq!(f.x(owner(1, 4), &["c"], "fourth"), Acquired::Queued);
+    f.table.release_owner(owner(1, 3), f.now, &mut f.woken);
+    assert_eq!(f.x(owner(1, 5), &["c"], "fifth"), Acquired::Queued);
+    assert!(matches!(f.lock(owner(1, 6), &["c"], Mode::Exclusive, None, "refused"), Err(TableError::TooManyWaitersOnConnection { .. })));
+}
+
+#[test]
 fn duplicate_keys_in_one_request_count_once() {
     let mut f = Fixture::new();
     granted(f.x(owner(1, 0), &["a", "a"], "a"));
