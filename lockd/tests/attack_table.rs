@@ -294,18 +294,24 @@ fn a_million_waiters_stall_nobody_while_they_queue() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Past 917 504, where the map of waiting requests doubles (it moved 200 bytes per
-    // request: a 240 ms stall). One connection, so that the bystander waits for the table,
-    // not for the CPU behind many flooding connections.
-    const WAITERS: u64 = 950_000;
-    let lockd = LockdProcess::spawn(&["--max-waiters-per-connection", "1000000"]);
-    let (mut holder, mut crowd, mut observer) = (lockd.client(), lockd.client(), lockd.client());
+    // request: a 240 ms stall). Ten connections, one after the other, so that the
+    // bystander waits for the table, not for the CPU behind many flooding connections.
+    const CONNECTIONS: u64 = 10;
+    const PER_CONNECTION: u64 = 95_000;
+    let lockd = LockdProcess::spawn(&["--max-waiters-per-connection", &PER_CONNECTION.to_string()]);
+    let (mut holder, mut observer) = (lockd.client(), lockd.client());
     holder.lock("K", 0);
     let probe = PingProbe::table(lockd.addr);
-    let sent = flood(&mut crowd, (1..=WAITERS).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": o}})));
-    await_stat(&mut observer, "waiters", WAITERS, SETUP_LIMIT);
-    sent.join().unwrap();
+    let mut crowd = Vec::new();
+    for queued in 1..=CONNECTIONS {
+        let mut client = lockd.client();
+        let sent = flood(&mut client, (1..=PER_CONNECTION).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": o}})));
+        await_stat(&mut observer, "waiters", queued * PER_CONNECTION, SETUP_LIMIT);
+        sent.join().unwrap();
+        crowd.push(client);
+    }
     let queuing = probe.finish();
-    eprintln!("{WAITERS} waiters: while they queued, bystander: {queuing}");
+    eprintln!("{} waiters: while they queued, bystander: {queuing}", CONNECTIONS * PER_CONNECTION);
     assert!(queuing.max() < Duration::from_millis(150), "while the waiters queued, bystander: {queuing}");
 }
 
@@ -334,4 +340,36 @@ fn one_connection_waits_for_at_most_ten_thousand_so_its_going_stalls_nobody() {
     eprintln!("{LIMIT} waiters went, bystander: {going}");
     assert!(going.max() < Duration::from_millis(100), "while the waiters went, bystander: {going}");
     assert_eq!(observer.call("stat", json!({}))["locks"], json!(1), "the holder keeps its lock");
+}
+
+#[test]
+fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_takes_them_or_goes() {
+    if !optimized() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Past 917 504, where the connection's map of owners doubles.
+    const OWNERS: u64 = 950_000;
+    let lockd = LockdProcess::spawn(&[]);
+    let (mut holder, mut waiter, mut observer) = (lockd.client(), lockd.client(), lockd.client());
+    let probe = PingProbe::table(lockd.addr);
+    let sent = flood(&mut holder, (1..=OWNERS).map(|o| json!({"command": "lock", "parameters": {"keys": format!("user:{o}:checkout"), "owner": o}})));
+    for _ in 1..=OWNERS {
+        assert_eq!(holder.recv()["result"]["granted"], json!(true));
+    }
+    sent.join().unwrap();
+    let taking = probe.finish();
+    waiter.send("lock", json!({"keys": "user:1:checkout"}));
+    await_stat(&mut observer, "waiters", 1, SETUP_LIMIT);
+
+    let probe = PingProbe::table(lockd.addr);
+    let start = Instant::now();
+    drop(holder);
+    assert_eq!(waiter.recv()["result"]["granted"], json!(true), "the waiter gets its key once the holder is gone");
+    let release_took = start.elapsed();
+    await_stat(&mut observer, "locks", 1, SETUP_LIMIT);
+    let going = probe.finish();
+    eprintln!("{OWNERS} owners: while taking their locks, bystander: {taking}; released in {release_took:?}, bystander: {going}");
+    assert!(taking.max() < STALL_LIMIT, "while the owners took their locks, bystander: {taking}");
+    assert!(going.max() < STALL_LIMIT, "while the owners' locks went, bystander: {going}");
 }

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use super::{ConnId, Key, LockTable, Owner, OwnerState, Wakeup};
+use super::{ConnId, HashMap, Key, LockTable, Owner, OwnerState, Wakeup};
 
 /// Keys released per slice: about a millisecond of work under the table lock.
 pub const SLICE: usize = 1024;
@@ -26,6 +26,10 @@ pub const SLICE: usize = 1024;
 #[derive(Debug)]
 #[must_use = "the locks stay held until every slice is released"]
 pub struct Release {
+    /// A connection's many owners, detached at once but taken apart by
+    /// [`Release::sort_keys`], outside the lock: visiting a million owners is a step of
+    /// tens of milliseconds.
+    detached: Option<(ConnId, HashMap<u64, OwnerState>)>,
     /// Owners (sorted by handle, the last released first) and the keys they still hold.
     left: Vec<(Owner, Vec<Key>)>,
     /// Whether the locks linger for the lock-delay instead of going (a dead connection).
@@ -37,7 +41,7 @@ pub struct Release {
 
 impl Release {
     pub fn is_done(&self) -> bool {
-        self.left.is_empty()
+        self.detached.is_none() && self.left.is_empty()
     }
 
     /// (locks released, waiting requests withdrawn) so far.
@@ -45,9 +49,15 @@ impl Release {
         (self.released, self.cancelled)
     }
 
-    /// Puts the keys in the order all nodes release them in. O(n log n) for n keys: call
-    /// it without holding the table's lock.
+    /// Puts the owners and their keys in the order all nodes release them in (owners by
+    /// handle, the last released first; keys sorted). O(n log n) for n keys and owners:
+    /// call it without holding the table's lock.
     pub fn sort_keys(&mut self) {
+        if let Some((conn, owners)) = self.detached.take() {
+            let held = owners.into_iter().filter(|(_, state)| !state.held_keys.is_empty());
+            self.left.extend(held.map(|(handle, state)| (Owner { conn, handle }, state.held_keys)));
+        }
+        self.left.sort_unstable_by_key(|(owner, _)| std::cmp::Reverse(owner.handle));
         for (_, keys) in &mut self.left {
             keys.sort_unstable();
         }
@@ -70,15 +80,28 @@ impl<W> LockTable<W> {
     /// closed or was found dead), its waiters are dropped rather than woken, and with a
     /// lock-delay configured its locks linger until the delay runs out.
     pub fn start_release_connection(&mut self, conn: ConnId, dead: bool, now: Instant, woken: &mut Vec<Wakeup<W>>) -> Release {
-        let owners = self.conns.remove(&conn).map(|c| c.owners).unwrap_or_default();
-        let owners = owners.into_iter().map(|(handle, state)| (Owner { conn, handle }, state)).collect();
         let linger = dead && !self.limits.lock_delay.is_zero();
-        self.start_release(owners, linger, dead, now, woken)
+        let Some(mut state) = self.conns.remove(&conn) else {
+            return self.start_release(Vec::new(), linger, dead, now, woken);
+        };
+        if state.owners.len() <= SLICE {
+            let owners = state.owners.into_iter().map(|(handle, state)| (Owner { conn, handle }, state)).collect();
+            return self.start_release(owners, linger, dead, now, woken);
+        }
+        // Many owners: only the waiting ones are visited now (their waits must end before
+        // anything is granted to them); the rest is taken apart outside the lock.
+        let mut waiting: Vec<u64> = state.waiting.drain().collect();
+        waiting.sort_unstable();
+        let waiting = waiting.into_iter().map(|handle| (Owner { conn, handle }, std::mem::take(state.owners.get_mut(&handle).expect("a waiting owner"))));
+        let mut release = self.start_release(waiting.collect(), linger, dead, now, woken);
+        release.detached = Some((conn, state.owners));
+        release
     }
 
-    fn start_release(&mut self, mut owners: Vec<(Owner, OwnerState)>, linger: bool, dead: bool, now: Instant, woken: &mut Vec<Wakeup<W>>) -> Release {
-        owners.sort_unstable_by_key(|(owner, _)| std::cmp::Reverse(owner.handle));
-        let mut release = Release { left: Vec::with_capacity(owners.len()), linger, sorted: false, released: 0, cancelled: 0 };
+    fn start_release(&mut self, owners: Vec<(Owner, OwnerState)>, linger: bool, dead: bool, now: Instant, woken: &mut Vec<Wakeup<W>>) -> Release {
+        // Neither the waits' ends nor a small release depend on the owners' order (`process`
+        // sorts what it looks at); a big one is sorted by `sort_keys`, outside the lock.
+        let mut release = Release { detached: None, left: Vec::with_capacity(owners.len()), linger, sorted: false, released: 0, cancelled: 0 };
         let mut dirty = Vec::new();
         for (owner, state) in owners {
             if let Some(rid) = state.pending {
