@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::attack::{await_stat, flood, PingProbe};
@@ -19,13 +19,15 @@ use serde_json::json;
 /// One attack at a time: they measure a whole machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The bounds are for an optimized build (what `make test` runs); a debug build is an
-/// order of magnitude slower everywhere.
-fn optimized() -> bool {
+/// The machine to one attack; `None` (skip the test) in a debug build: the bounds are for
+/// an optimized build (what `make test` runs), a debug build is an order of magnitude
+/// slower everywhere.
+fn attack() -> Option<MutexGuard<'static, ()>> {
     if cfg!(debug_assertions) {
         eprintln!("skipped: attack bounds hold for release builds (cargo test --release)");
+        return None;
     }
-    !cfg!(debug_assertions)
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
@@ -35,10 +37,7 @@ const STALL_LIMIT: Duration = Duration::from_millis(250);
 
 #[test]
 fn releasing_one_key_that_many_multi_key_waiters_want_does_not_stall_anyone() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const WAITERS: u64 = 30_000;
     let lockd = LockdProcess::spawn(&["--max-waiters-per-connection", "1000000"]);
     let (mut holder, mut attacker) = (lockd.client(), lockd.client());
@@ -67,10 +66,7 @@ fn releasing_one_key_that_many_multi_key_waiters_want_does_not_stall_anyone() {
 
 #[test]
 fn the_deadlock_check_does_not_walk_compatible_waiters() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const WAITERS: u64 = 200_000;
     const OWNERS: u64 = 1000;
     let lockd = LockdProcess::spawn(&["--max-waiters-per-connection", "1000000"]);
@@ -106,10 +102,7 @@ fn the_deadlock_check_does_not_walk_compatible_waiters() {
 
 #[test]
 fn a_deadlock_check_over_its_budget_refuses_the_wait_at_once() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const WAITERS: u64 = 20_000;
     let lockd = LockdProcess::spawn(&["--deadlock-budget", "5000", "--max-waiters-per-connection", "1000000"]);
     let (mut holder, mut crowd, mut requester) = (lockd.client(), lockd.client(), lockd.client());
@@ -138,10 +131,7 @@ fn a_deadlock_check_over_its_budget_refuses_the_wait_at_once() {
 
 #[test]
 fn many_long_keys_with_a_common_prefix_cost_only_their_own_size() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     let lockd = LockdProcess::spawn(&[]);
     let prefix = "p".repeat(1000);
     let keys: Vec<String> = (0..1000).map(|i| format!("{prefix}{i:04}")).collect();
@@ -173,10 +163,7 @@ fn many_long_keys_with_a_common_prefix_cost_only_their_own_size() {
 
 #[test]
 fn listings_are_capped_so_clients_that_do_not_read_them_cost_little() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const LOCKS: u64 = 200_000;
     let lockd = LockdProcess::spawn(&[]);
     let (mut holder, mut observer) = (lockd.client(), lockd.client());
@@ -209,10 +196,7 @@ fn listings_are_capped_so_clients_that_do_not_read_them_cost_little() {
 
 #[test]
 fn lock_memory_is_bounded_by_bytes_not_by_count() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const TRIES: u64 = 150_000;
     let lockd = LockdProcess::spawn(&["--max-memory", "32M"]);
     let mut attacker = lockd.client();
@@ -240,10 +224,7 @@ fn lock_memory_is_bounded_by_bytes_not_by_count() {
 
 #[test]
 fn a_client_holding_millions_of_locks_stalls_nobody_while_it_takes_them_churns_or_goes() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     const LOCKS: usize = 2_000_000;
     const BATCH: usize = 1000;
     let lockd = LockdProcess::spawn(&[]);
@@ -289,10 +270,7 @@ fn a_client_holding_millions_of_locks_stalls_nobody_while_it_takes_them_churns_o
 
 #[test]
 fn a_million_waiters_stall_nobody_while_they_queue() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     // Past 917 504, where the map of waiting requests doubles (it moved 200 bytes per
     // request: a 240 ms stall). Ten connections, one after the other, so that the
     // bystander waits for the table, not for the CPU behind many flooding connections.
@@ -317,10 +295,7 @@ fn a_million_waiters_stall_nobody_while_they_queue() {
 
 #[test]
 fn one_connection_waits_for_at_most_ten_thousand_so_its_going_stalls_nobody() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     // Its waits all end in one step when it goes: 950 000 of them took 0.8 s.
     const LIMIT: u64 = 10_000;
     let lockd = LockdProcess::spawn(&[]);
@@ -344,10 +319,7 @@ fn one_connection_waits_for_at_most_ten_thousand_so_its_going_stalls_nobody() {
 
 #[test]
 fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_takes_them_or_goes() {
-    if !optimized() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = attack() else { return };
     // Past 917 504, where the connection's map of owners doubles.
     const OWNERS: u64 = 950_000;
     let lockd = LockdProcess::spawn(&[]);
