@@ -491,4 +491,3 @@ impl KeyMap {
             .filter_map(move |k| self.get(k))
     }
 }
-

@@ -682,3 +682,40 @@ fn a_big_release_goes_in_slices_in_the_same_order_whatever_the_owners_history() 
     assert_eq!(grants.iter().flatten().map(|(name, _)| *name).collect::<Vec<_>>(), ["c", "b"]);
     assert_eq!(run(true), grants);
 }
+
+#[test]
+fn a_connection_of_many_owners_ends_their_waits_at_once_and_releases_in_the_same_order_in_every_copy() {
+    // Past SLICE owners, the owners are taken apart outside the lock: each copy of the
+    // table (its own hash seed, so its own map order) must still release alike.
+    let owners = 3 * release::SLICE as u64;
+    let run = |reversed: bool| {
+        let mut f = Fixture::new();
+        f.x(owner(9, 0), &["elsewhere"], "holder");
+        let mut handles: Vec<u64> = (1..=owners).collect();
+        if reversed {
+            handles.reverse();
+        }
+        for &handle in &handles {
+            f.x(owner(1, handle), &[&format!("k{handle:05}")], "a");
+        }
+        assert_eq!(f.x(owner(1, owners + 1), &["elsewhere"], "waits 1"), Acquired::Queued);
+        assert_eq!(f.x(owner(1, owners + 2), &["elsewhere"], "waits 2"), Acquired::Queued);
+        f.lock(owner(2, 1), &["k00100"], Mode::Shared, Some(60), "b").unwrap();
+        f.lock(owner(3, 1), &["k02500"], Mode::Shared, Some(60), "c").unwrap();
+        let mut release = f.table.start_release_connection(1, false, f.now, &mut f.woken);
+        assert!(!release.is_done(), "many owners are not released at once");
+        assert_eq!(f.woken(), [("waits 1", WaitEnd::Cancelled), ("waits 2", WaitEnd::Cancelled)], "their waits end at once");
+        release.sort_keys();
+        let mut grants = Vec::new();
+        while !release.is_done() {
+            f.table.release_slice(&mut release, f.now, &mut f.woken);
+            grants.push(f.woken.drain(..).map(|w| (w.waiter, w.end)).collect::<Vec<_>>());
+        }
+        assert_eq!(release.counts(), (owners as usize, 2));
+        assert_eq!(f.table.stats().locks, 3, "the holder's, b's and c's");
+        grants
+    };
+    let grants = run(false);
+    assert_eq!(grants.iter().flatten().map(|(name, _)| *name).collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(run(true), grants);
+}
