@@ -12,7 +12,8 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::attack::{await_stat, flood, PingProbe};
+use common::attack::{await_stat, flood, PingProbe, PingTimes};
+use common::Client;
 use common::process::LockdProcess;
 use serde_json::json;
 
@@ -28,6 +29,18 @@ fn attack() -> Option<MutexGuard<'static, ()>> {
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Closes `holder`, whose locks include one `waiter` waits for; returns how long until the
+/// waiter had it and only that lock was left, and what a bystander saw meanwhile.
+fn let_go(lockd: &LockdProcess, holder: Client, waiter: &mut Client, observer: &mut Client) -> (Duration, PingTimes) {
+    let probe = PingProbe::table(lockd.addr);
+    let start = Instant::now();
+    drop(holder);
+    assert_eq!(waiter.recv()["result"]["granted"], json!(true), "the waiter gets its key once the holder is gone");
+    let release_took = start.elapsed();
+    await_stat(observer, "locks", 1, SETUP_LIMIT);
+    (release_took, probe.finish())
 }
 
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
@@ -255,13 +268,7 @@ fn a_client_holding_millions_of_locks_stalls_nobody_while_it_takes_them_churns_o
     let churning = probe.finish();
 
     // Going: its locks are released, a slice at a time.
-    let probe = PingProbe::table(lockd.addr);
-    let start = Instant::now();
-    drop(holder);
-    assert_eq!(waiter.recv()["result"]["granted"], json!(true), "the waiter gets its key once the holder is gone");
-    let release_took = start.elapsed();
-    await_stat(&mut observer, "locks", 1, SETUP_LIMIT);
-    let going = probe.finish();
+    let (release_took, going) = let_go(&lockd, holder, &mut waiter, &mut observer);
     eprintln!("{LOCKS} locks: while taking them, bystander: {taking}; while churning {CHURN} more: {churning}; released in {release_took:?}, bystander: {going}");
     assert!(taking.max() < STALL_LIMIT, "while the holder took its locks, bystander: {taking}");
     assert!(churning.max() < STALL_LIMIT, "while the holder churned, bystander: {churning}");
@@ -334,13 +341,7 @@ fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_
     waiter.send("lock", json!({"keys": "user:1:checkout"}));
     await_stat(&mut observer, "waiters", 1, SETUP_LIMIT);
 
-    let probe = PingProbe::table(lockd.addr);
-    let start = Instant::now();
-    drop(holder);
-    assert_eq!(waiter.recv()["result"]["granted"], json!(true), "the waiter gets its key once the holder is gone");
-    let release_took = start.elapsed();
-    await_stat(&mut observer, "locks", 1, SETUP_LIMIT);
-    let going = probe.finish();
+    let (release_took, going) = let_go(&lockd, holder, &mut waiter, &mut observer);
     eprintln!("{OWNERS} owners: while taking their locks, bystander: {taking}; released in {release_took:?}, bystander: {going}");
     assert!(taking.max() < STALL_LIMIT, "while the owners took their locks, bystander: {taking}");
     assert!(going.max() < STALL_LIMIT, "while the owners' locks went, bystander: {going}");
