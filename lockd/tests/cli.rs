@@ -1,4 +1,4 @@
-//! The `lockd` binary: --help, --version, bad flags, and SIGTERM shutdown.
+//! The `lockd` binary: --help, --version, bad flags, a failed start's message, and SIGTERM shutdown.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -30,6 +30,17 @@ fn bad_flags_fail_with_a_message() {
     let out = lockd().args(["--lock-delay", "soon"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("not a number of seconds"));
+}
+
+#[test]
+fn a_failed_start_says_why_once_on_one_line() {
+    // 192.0.2.1 (TEST-NET-1) is no address of this host, so the bind fails with its cause.
+    let out = lockd().args(["--listen", "127.0.0.1:0", "--metrics-listen", "192.0.2.1:9"]).env("RUST_BACKTRACE", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.starts_with("Error: cannot listen on 192.0.2.1:9: "), "{said}");
+    assert_eq!(said.matches("os error").count(), 1, "the cause once: {said}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{etcd_available, node, node_on, node_via, node_with, prefix, Etcd, FreezableProxy, SlowProxy};
+use common::cluster::{etcd_available, node, node_on, node_refusal, node_via, node_with, prefix, Etcd, FreezableProxy, SlowProxy};
 use common::process::free_port;
 use common::Client;
 use serde_json::{json, Value};
@@ -517,4 +517,32 @@ fn a_node_whose_watch_skips_a_batch_exits_rather_than_diverge() {
     etcd.etcdctl(&["put", &batch(2), "[]"]).expect("put batch 2");
     let status = n1.exit_within(Duration::from_secs(10)).expect("the node exits on a gap");
     assert_eq!(status.code(), Some(2), "{status:?}");
+}
+
+#[test]
+fn a_node_with_other_limits_refuses_to_join_naming_them_and_one_that_decides_as_older_nodes_joins() {
+    if !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start(1);
+    let p = prefix("limits");
+    let first = node_with(free_port(), &etcd, &p, 5, &["--max-locks", "500"]);
+    let (status, said) = node_refusal(&etcd, &p, &["--max-locks", "600", "--max-keys", "8"]);
+    assert_eq!(status.code(), Some(1), "{status:?}: {said}");
+    assert!(said.contains("--max-locks: the cluster's 500, this node's 600"), "{said}");
+    assert!(said.contains("--max-keys: the cluster's 1024, this node's 8"), "{said}");
+    assert_eq!(first.client().call("ping", json!({})), json!({"pong": true}), "the cluster serves on");
+
+    // A config written by a lockd from before --max-waiters-per-connection: a node that
+    // decides as those did (a limit per connection equal to --max-waiters) joins.
+    let older = prefix("older-limits");
+    let config = r#"{"deadlock_budget":100000,"max_key_len":1024,"max_keys":1024,"max_locks":10000000,"max_memory":4294967296,"max_waiters":1000000}"#;
+    etcd.etcdctl(&["put", &format!("{older}/config"), config]).expect("put an older node's config");
+    let (status, said) = node_refusal(&etcd, &older, &[]);
+    assert_eq!(status.code(), Some(1), "{status:?}: {said}");
+    assert!(said.contains("--max-waiters-per-connection: the cluster's 1000000 (its config was written by a lockd without this limit"), "{said}");
+    let upgraded = node_with(free_port(), &etcd, &older, 5, &["--max-waiters-per-connection", "1000000"]);
+    let mut c = upgraded.client();
+    hello(&mut c);
+    c.lock("k", 0);
 }

@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -25,7 +26,29 @@ const RELOADABLE: &[&str] = &["allow", "log-level", "tls-cert", "tls-key"];
 
 type LogFilter = reload::Handle<EnvFilter, Registry>;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once: most of our messages already
+/// quote their cause, which anyhow's report would print again under "Caused by".
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1).map(ToString::to_string) {
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
     let settings = match Settings::load(std::env::args_os()) {
         Err(LoadError::Flags(e)) => e.exit(),
         loaded => loaded?,
@@ -95,7 +118,7 @@ fn reload(started: &Settings, reloadable: &Arc<Reloadable>, log: &LogFilter) {
     let (new, tls, filter) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}").trim_end(), "SIGHUP: invalid settings; keeping the current ones");
+            tracing::error!(error = %one_line(&e), "SIGHUP: invalid settings; keeping the current ones");
             return;
         }
     };

@@ -13,6 +13,7 @@
 //! - [`proposer`]: writes what this node's clients ask, batched into one etcd transaction.
 //! - [`applier`]: watches the log and applies it.
 //! - [`lease`]: this node's lease: its sessions live as long as it does.
+//! - [`limits`]: the table limits every node must share.
 //! - [`snapshot`]: the table and sessions as data, so the log can be deleted behind them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use crate::table::{ConnId, Limits};
 
 pub mod applier;
 pub mod lease;
+pub mod limits;
 pub mod log;
 pub mod proposer;
 pub mod sessions;
@@ -134,10 +136,12 @@ pub enum ClusterError {
     #[error("etcd did not answer within {ETCD_TIMEOUT:?} ({0})")]
     Timeout(&'static str),
     #[error(
-        "this node's limits differ from the cluster's ({prefix}/config): {theirs} vs ours {ours}; \
-         every node must apply the same limits to reach the same decisions"
+        "this node's limits differ from the cluster's ({config}): {differences}; every node must apply \
+         the same limits to reach the same decisions, so start this node with the cluster's"
     )]
-    LimitsDiffer { prefix: String, theirs: String, ours: String },
+    LimitsDiffer { config: String, differences: String },
+    #[error("the cluster's limits ({config}) are {problem}")]
+    UnreadableLimits { config: String, problem: String },
     #[error("unreadable snapshot: {0}")]
     BadSnapshot(serde_json::Error),
     #[error("the snapshot of revision {revision} has {found} of its {expected} chunks")]
@@ -218,7 +222,7 @@ impl Node {
         }
         let mut client = etcd("connect", Client::connect(&endpoints, Some(options))).await?;
         let keys = Keys::new(&args.cluster_prefix);
-        agree_on_limits(&mut client, &keys, &limits).await?;
+        limits::agree(&mut client, &keys, &limits).await?;
         let me = take_node_number(&mut client, &keys).await?;
         let name = args.node_id.clone().unwrap_or_else(|| format!("node-{me}"));
         let ttl = Duration::from_secs(args.session_ttl);
@@ -486,39 +490,6 @@ fn digest(secret: &str) -> String {
 
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The first node writes the limits; the others must have the same, since the table's
-/// refusals (too many locks, memory, deadlock budget) are decisions every node must share.
-async fn agree_on_limits(client: &mut Client, keys: &Keys, limits: &Limits) -> Result<(), ClusterError> {
-    let ours = json!({
-        "max_locks": limits.max_locks,
-        "max_memory": limits.max_memory,
-        "max_waiters": limits.max_waiters,
-        "max_waiters_per_connection": limits.max_waiters_per_connection,
-        "deadlock_budget": limits.deadlock_budget,
-        "max_keys": limits.max_keys,
-        "max_key_len": limits.max_key_len,
-    })
-    .to_string();
-    let txn = Txn::new()
-        .when([Compare::create_revision(keys.config(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(keys.config(), ours.clone(), None)])
-        .or_else([TxnOp::get(keys.config(), None)]);
-    let response = etcd("writing the cluster's limits", client.txn(txn)).await?;
-    if response.succeeded() {
-        return Ok(());
-    }
-    let theirs = match response.op_responses().into_iter().next() {
-        Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-        _ => None,
-    }
-    .unwrap_or_default();
-    if theirs == ours {
-        Ok(())
-    } else {
-        Err(ClusterError::LimitsDiffer { prefix: keys.all(), theirs, ours })
-    }
 }
 
 /// A number no other node of this cluster ever had (compare-and-swap on a counter).

@@ -212,6 +212,19 @@ pub fn node_via(port: u16, url: &str, prefix: &str, ttl_seconds: u64, more: &[&s
     LockdProcess::spawn_on(port, &args)
 }
 
+/// Starts a node that must refuse to join the cluster: how it exited and what it wrote.
+/// Bounded: a node that joins instead is stopped after 20 s (`timeout`'s status 124).
+pub fn node_refusal(etcd: &Etcd, prefix: &str, more: &[&str]) -> (std::process::ExitStatus, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_lockd"), "--listen", &listen, "--cluster", &etcd.url(), "--cluster-prefix", prefix])
+        .args(more)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lockd under timeout");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// A prefix of its own for each test, so tests can share an etcd.
 pub fn prefix(test: &str) -> String {
     format!("/pklock-test/{test}-{}", free_port())
