@@ -346,3 +346,32 @@ fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_
     assert!(taking.max() < STALL_LIMIT, "while the owners took their locks, bystander: {taking}");
     assert!(going.max() < STALL_LIMIT, "while the owners' locks went, bystander: {going}");
 }
+
+#[test]
+fn a_million_timed_waits_that_end_connection_by_connection_stall_nobody() {
+    let Some(_serial) = attack() else { return };
+    // Every wait has a deadline in the heap; waits that end leave theirs behind until the
+    // heap is compacted, which visits every entry in one step.
+    const CONNECTIONS: u64 = 100;
+    const PER_CONNECTION: u64 = 10_000;
+    let lockd = LockdProcess::spawn(&[]);
+    let (mut holder, mut observer) = (lockd.client(), lockd.client());
+    holder.lock("K", 0);
+    let mut crowd = Vec::new();
+    for queued in 1..=CONNECTIONS {
+        let mut client = lockd.client();
+        let first = (queued - 1) * PER_CONNECTION;
+        let sent = flood(&mut client, (1..=PER_CONNECTION).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": first + o, "wait": 3600}})));
+        await_stat(&mut observer, "waiters", queued * PER_CONNECTION, SETUP_LIMIT);
+        sent.join().unwrap();
+        crowd.push(client);
+    }
+    let probe = PingProbe::table(lockd.addr);
+    while let Some(client) = crowd.pop() {
+        drop(client);
+        await_stat(&mut observer, "waiters", crowd.len() as u64 * PER_CONNECTION, SETUP_LIMIT);
+    }
+    let going = probe.finish();
+    eprintln!("{} timed waiters went connection by connection, bystander: {going}", CONNECTIONS * PER_CONNECTION);
+    assert!(going.max() < Duration::from_millis(150), "while the waiters went, bystander: {going}");
+}
