@@ -258,9 +258,18 @@ impl State {
     /// Ends waits and lock-delays due by `at` (a time in the future lets tests and fuzz
     /// targets skip ahead); returns when the next one is.
     pub fn expire_at(&self, at: Instant) -> Option<Instant> {
-        self.apply(|t, _, woken| {
-            t.expire(at, woken);
-            t.next_deadline()
+        let step = || self.apply(|t, _, woken| (t.expire_step(at, woken), t.next_deadline()));
+        let (more, next) = step();
+        if !more {
+            return next;
+        }
+        // Many came due at once: the other steps, with others at the table between them,
+        // run where the runtime can do without this thread (as a release's slices do).
+        off_the_runtime(|| loop {
+            let (more, next) = step();
+            if !more {
+                return next;
+            }
         })
     }
 

@@ -347,6 +347,21 @@ fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_
     assert!(going.max() < STALL_LIMIT, "while the owners' locks went, bystander: {going}");
 }
 
+/// `connections` connections that each queue `per_connection` waits for `K` (held by
+/// someone else) of `wait()` seconds, asked as each connection starts; returned in order.
+fn queue_timed_waits(lockd: &LockdProcess, observer: &mut Client, connections: u64, per_connection: u64, wait: impl Fn() -> f64) -> Vec<Client> {
+    let mut crowd = Vec::new();
+    for queued in 1..=connections {
+        let mut client = lockd.client();
+        let (first, wait) = ((queued - 1) * per_connection, wait());
+        let sent = flood(&mut client, (1..=per_connection).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": first + o, "wait": wait}})));
+        await_stat(observer, "waiters", queued * per_connection, SETUP_LIMIT);
+        sent.join().unwrap();
+        crowd.push(client);
+    }
+    crowd
+}
+
 #[test]
 fn a_million_timed_waits_that_end_connection_by_connection_stall_nobody() {
     let Some(_serial) = attack() else { return };
@@ -357,15 +372,7 @@ fn a_million_timed_waits_that_end_connection_by_connection_stall_nobody() {
     let lockd = LockdProcess::spawn(&[]);
     let (mut holder, mut observer) = (lockd.client(), lockd.client());
     holder.lock("K", 0);
-    let mut crowd = Vec::new();
-    for queued in 1..=CONNECTIONS {
-        let mut client = lockd.client();
-        let first = (queued - 1) * PER_CONNECTION;
-        let sent = flood(&mut client, (1..=PER_CONNECTION).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": first + o, "wait": 3600}})));
-        await_stat(&mut observer, "waiters", queued * PER_CONNECTION, SETUP_LIMIT);
-        sent.join().unwrap();
-        crowd.push(client);
-    }
+    let mut crowd = queue_timed_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || 3600.0);
     let probe = PingProbe::table(lockd.addr);
     while let Some(client) = crowd.pop() {
         drop(client);
@@ -374,4 +381,32 @@ fn a_million_timed_waits_that_end_connection_by_connection_stall_nobody() {
     let going = probe.finish();
     eprintln!("{} timed waiters went connection by connection, bystander: {going}", CONNECTIONS * PER_CONNECTION);
     assert!(going.max() < Duration::from_millis(150), "while the waiters went, bystander: {going}");
+}
+
+#[test]
+fn a_million_waits_that_run_out_at_once_stall_nobody() {
+    let Some(_serial) = attack() else { return };
+    // Waits due at the same moment all ended in one step. A server that was not scheduled
+    // for a while (a paused VM; SIGSTOP here) finds every one of them due when it wakes.
+    const CONNECTIONS: u64 = 100;
+    const PER_CONNECTION: u64 = 10_000;
+    const RUN_OUT: Duration = Duration::from_secs(15);
+    let lockd = LockdProcess::spawn(&[]);
+    let (mut holder, mut observer) = (lockd.client(), lockd.client());
+    holder.lock("K", 0);
+    let start = Instant::now();
+    let crowd = queue_timed_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || RUN_OUT.saturating_sub(start.elapsed()).as_secs_f64());
+    assert_eq!(observer.call("stat", json!({}))["timeouts"], json!(0), "queuing took so long that waits ran out: {:?}", start.elapsed());
+    let pid = lockd.child.id().to_string();
+    let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success(), "kill {name}");
+    signal("-STOP");
+    std::thread::sleep((RUN_OUT + Duration::from_millis(500)).saturating_sub(start.elapsed()));
+    signal("-CONT");
+    let probe = PingProbe::table(lockd.addr);
+    await_stat(&mut observer, "waiters", 0, SETUP_LIMIT);
+    let ran_out = probe.finish();
+    eprintln!("{} waits ran out at once, bystander: {ran_out}", CONNECTIONS * PER_CONNECTION);
+    assert!(ran_out.max() < Duration::from_millis(150), "while the waits ran out, bystander: {ran_out}");
+    assert_eq!(observer.call("stat", json!({}))["timeouts"], json!(CONNECTIONS * PER_CONNECTION));
+    drop(crowd);
 }

@@ -4,13 +4,24 @@
 use std::cmp::Reverse;
 use std::time::Instant;
 
+use super::release::SLICE;
 use super::{Deadline, LockTable, Owner, WaitEnd, Wakeup};
 
 impl<W> LockTable<W> {
-    /// Ends the waits whose time ran out and the lock-delays that are over.
+    /// Ends the waits whose time ran out and the lock-delays that are over, in steps
+    /// (tests; the server takes the steps itself, see [`expire_step`](Self::expire_step)).
     pub fn expire(&mut self, now: Instant, woken: &mut Vec<Wakeup<W>>) {
+        while self.expire_step(now, woken) {}
+    }
+
+    /// Ends at most [`SLICE`] of the waits and lock-delays due by `now`; true when more are
+    /// due. Waits often come due together (a million of them after the server was not
+    /// scheduled for a second) and ending a million took 2 s in one step: the caller lets
+    /// others at the table between steps.
+    pub fn expire_step(&mut self, now: Instant, woken: &mut Vec<Wakeup<W>>) -> bool {
         let mut dirty = Vec::new();
-        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+        for _ in 0..SLICE {
+            let Some(Reverse((at, _))) = self.deadlines.peek() else { break };
             if *at > now {
                 break;
             }
@@ -38,6 +49,7 @@ impl<W> LockTable<W> {
             }
         }
         self.process(dirty, now, woken);
+        self.next_deadline().is_some_and(|at| at <= now)
     }
 
     /// Ends `owner`'s wait as if its time ran out, if it is the one `is_it` recognises by

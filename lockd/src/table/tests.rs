@@ -719,3 +719,31 @@ fn a_connection_of_many_owners_ends_their_waits_at_once_and_releases_in_the_same
     assert_eq!(grants.iter().flatten().map(|(name, _)| *name).collect::<Vec<_>>(), ["b", "c"]);
     assert_eq!(run(true), grants);
 }
+
+#[test]
+fn waits_due_together_end_a_slice_per_step_earliest_first() {
+    let mut f = Fixture::new();
+    f.x(owner(9, 0), &["k"], "holder");
+    // Deadlines 1 to 3 s away, all due by 5 s.
+    let waits = 2 * release::SLICE as u64 + 10;
+    for handle in 1..=waits {
+        f.lock(owner(1, handle), &["k"], Mode::Exclusive, Some(1 + handle % 3), "w").unwrap();
+    }
+    let late = f.now + Duration::from_secs(5);
+    let mut steps = Vec::new();
+    loop {
+        let more = f.table.expire_step(late, &mut f.woken);
+        steps.push(f.woken().len());
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(steps, [release::SLICE, release::SLICE, 10]);
+    assert_eq!(f.table.stats().waiters, 0);
+    assert!(!f.table.expire_step(late, &mut f.woken), "nothing more is due");
+    // Earliest first: a step ends the waits that have waited longest past their time.
+    f.lock(owner(2, 1), &["k"], Mode::Exclusive, Some(2), "later").unwrap();
+    f.lock(owner(2, 2), &["k"], Mode::Exclusive, Some(1), "sooner").unwrap();
+    f.table.expire(f.now + Duration::from_secs(3), &mut f.woken);
+    assert_eq!(f.woken_names(), ["sooner", "later"]);
+}
