@@ -26,7 +26,7 @@ use crate::outbox::ReplySink;
 use crate::reply::{encode_lock_outcome, LockOutcome, ReplyStyle};
 use crate::telemetry::{self, Telemetry};
 use crate::table::{
-    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, Release, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup,
+    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, Release, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup, SLICE,
 };
 use crate::tokens::{TokenStore, TokenStoreError};
 
@@ -83,6 +83,10 @@ const MAX_CLIENT_NAME: usize = 200;
 pub struct State {
     pub config: Config,
     table: Mutex<Guarded>,
+    /// Long steps at the table (ending a connection's many waits, a release's slices) take
+    /// turns here first, off the runtime, so that a request waits behind one of them at
+    /// most instead of behind every connection that closed at the same moment.
+    bulk_turn: Mutex<()>,
     peers: Mutex<HashMap<ConnId, Peer>>,
     pub started: Instant,
     next_conn: AtomicU64,
@@ -106,6 +110,7 @@ impl State {
         Ok(State {
             config,
             table: Mutex::new(Guarded { locks, tokens }),
+            bulk_turn: Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
@@ -183,7 +188,7 @@ impl State {
     /// Releases everything of a cluster session that closed or expired; its own waiters
     /// are dropped, not answered (nobody is there to hear it).
     pub fn release_session(&self, conn: ConnId) -> (usize, usize) {
-        self.release(|t, now, woken| t.start_release_connection(conn, true, now, woken), |_| {})
+        self.release_all_of(conn, true, |_| {})
     }
 
     /// The table as data (cluster snapshots); `waiter` says what to keep of each waiter.
@@ -211,34 +216,64 @@ impl State {
 
     /// Releases everything of one owner: (released, cancelled).
     pub fn release_owner(&self, owner: Owner) -> (usize, usize) {
-        self.release(|t, now, woken| t.start_release_owner(owner, now, woken), |_| {})
+        // An owner waits for one request at most: its first step is short.
+        self.release(false, |t, now, woken| t.start_release_owner(owner, now, woken), |_| {})
     }
 
     /// Releases everything of every owner of a live connection: (released, cancelled).
     pub fn release_connection(&self, conn: ConnId) -> (usize, usize) {
-        self.release(|t, now, woken| t.start_release_connection(conn, false, now, woken), |_| {})
+        self.release_all_of(conn, false, |_| {})
+    }
+
+    /// Releases everything of connection `conn` (`dead`: it is gone, and so are its waiters).
+    fn release_all_of(&self, conn: ConnId, dead: bool, released: impl Fn(usize)) -> (usize, usize) {
+        let start = |t: &mut LockTable<Waiter>, now, woken: &mut Vec<Wakeup<Waiter>>| t.start_release_connection(conn, dead, now, woken);
+        // Its waits all end in the first step (up to --max-waiters-per-connection of them).
+        let many_waits = |t: &LockTable<Waiter>| t.waits_on(conn) > SLICE;
+        // Found without waiting for the table on the runtime: when many connections close
+        // at once, a worker waiting there holds up every task queued behind it.
+        match self.table.try_lock().map(|guarded| many_waits(&guarded.locks)) {
+            Some(false) => self.release(false, start, released),
+            _ => off_the_runtime(|| {
+                let long_first_step = many_waits(&self.table.lock().locks);
+                self.release(long_first_step, start, released)
+            }),
+        }
     }
 
     /// Runs a release that `start` begins, one slice of locks per turn at the table, so
     /// that a client holding a million locks does not hold up everyone else while they
     /// go (see `table/release.rs`). parking_lot's mutex hands itself to a thread that has
     /// waited for more than about half a millisecond, so between two slices the others
-    /// get their turn. `released` hears how many locks each turn released, under the lock.
-    /// Returns (locks released, requests withdrawn).
+    /// get their turn. A `long_first_step`, and every slice, takes its turn in `bulk_turn`
+    /// off the runtime. `released` hears how many locks each turn released, under the
+    /// lock. Returns (locks released, requests withdrawn).
     fn release(
         &self,
+        long_first_step: bool,
         start: impl FnOnce(&mut LockTable<Waiter>, Instant, &mut Vec<Wakeup<Waiter>>) -> Release,
         released: impl Fn(usize),
     ) -> (usize, usize) {
-        let mut release = self.apply(|t, now, woken| {
-            let release = start(t, now, woken);
-            released(release.counts().0);
-            release
-        });
+        let first_step = || {
+            self.apply(|t, now, woken| {
+                let release = start(t, now, woken);
+                released(release.counts().0);
+                release
+            })
+        };
+        let mut release = if long_first_step {
+            off_the_runtime(|| {
+                let _turn = self.bulk_turn.lock();
+                first_step()
+            })
+        } else {
+            first_step()
+        };
         if !release.is_done() {
             off_the_runtime(|| {
                 release.sort_keys();
                 while !release.is_done() {
+                    let _turn = self.bulk_turn.lock();
                     self.apply(|t, now, woken| {
                         let before = release.counts().0;
                         t.release_slice(&mut release, now, woken);
@@ -341,7 +376,7 @@ impl State {
         } else {
             // Counted before the waiters it grants hear of it.
             let counted = |released: usize| metrics::counter!(telemetry::DISCONNECT_RELEASED).increment(released as u64);
-            self.release(|t, now, woken| t.start_release_connection(conn, true, now, woken), counted)
+            self.release_all_of(conn, true, counted)
         };
         self.peers.lock().remove(&conn);
         self.connections.fetch_sub(1, Ordering::Relaxed);

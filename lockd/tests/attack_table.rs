@@ -348,8 +348,9 @@ fn a_client_holding_a_million_locks_under_as_many_owners_stalls_nobody_while_it_
 }
 
 /// `connections` connections that each queue `per_connection` waits for `K` (held by
-/// someone else) of `wait()` seconds, asked as each connection starts; returned in order.
-fn queue_timed_waits(lockd: &LockdProcess, observer: &mut Client, connections: u64, per_connection: u64, wait: impl Fn() -> f64) -> Vec<Client> {
+/// someone else) of `wait()` seconds (`None`: as long as it takes), asked as each
+/// connection starts; returned in order.
+fn queue_waits(lockd: &LockdProcess, observer: &mut Client, connections: u64, per_connection: u64, wait: impl Fn() -> Option<f64>) -> Vec<Client> {
     let mut crowd = Vec::new();
     for queued in 1..=connections {
         let mut client = lockd.client();
@@ -372,7 +373,7 @@ fn a_million_timed_waits_that_end_connection_by_connection_stall_nobody() {
     let lockd = LockdProcess::spawn(&[]);
     let (mut holder, mut observer) = (lockd.client(), lockd.client());
     holder.lock("K", 0);
-    let mut crowd = queue_timed_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || 3600.0);
+    let mut crowd = queue_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || Some(3600.0));
     let probe = PingProbe::table(lockd.addr);
     while let Some(client) = crowd.pop() {
         drop(client);
@@ -395,7 +396,7 @@ fn a_million_waits_that_run_out_at_once_stall_nobody() {
     let (mut holder, mut observer) = (lockd.client(), lockd.client());
     holder.lock("K", 0);
     let start = Instant::now();
-    let crowd = queue_timed_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || RUN_OUT.saturating_sub(start.elapsed()).as_secs_f64());
+    let crowd = queue_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || Some(RUN_OUT.saturating_sub(start.elapsed()).as_secs_f64()));
     assert_eq!(observer.call("stat", json!({}))["timeouts"], json!(0), "queuing took so long that waits ran out: {:?}", start.elapsed());
     let pid = lockd.child.id().to_string();
     let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success(), "kill {name}");
@@ -409,4 +410,23 @@ fn a_million_waits_that_run_out_at_once_stall_nobody() {
     assert!(ran_out.max() < Duration::from_millis(150), "while the waits ran out, bystander: {ran_out}");
     assert_eq!(observer.call("stat", json!({}))["timeouts"], json!(CONNECTIONS * PER_CONNECTION));
     drop(crowd);
+}
+
+#[test]
+fn many_connections_full_of_waits_that_go_at_once_stall_nobody() {
+    let Some(_serial) = attack() else { return };
+    // Each going connection ends its waits in one step (at most
+    // --max-waiters-per-connection); many at once queued their steps in front of everyone.
+    const CONNECTIONS: u64 = 95;
+    const PER_CONNECTION: u64 = 10_000;
+    let lockd = LockdProcess::spawn(&[]);
+    let (mut holder, mut observer) = (lockd.client(), lockd.client());
+    holder.lock("K", 0);
+    let crowd = queue_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || None);
+    let probe = PingProbe::table(lockd.addr);
+    drop(crowd);
+    await_stat(&mut observer, "waiters", 0, SETUP_LIMIT);
+    let going = probe.finish();
+    eprintln!("{CONNECTIONS} connections of {PER_CONNECTION} waits went at once, bystander: {going}");
+    assert!(going.max() < Duration::from_millis(150), "while they went, bystander: {going}");
 }

@@ -49,7 +49,7 @@ mod snapshot;
 mod values;
 
 pub use image::{HoldImage, RebuildError, TableImage, WaitImage};
-pub use release::Release;
+pub use release::{Release, SLICE};
 pub use snapshot::{HolderView, KeyView, Page, TableStats, WaiterView};
 pub use values::{ValueId, NO_VALUE};
 
@@ -477,6 +477,11 @@ impl<W> LockTable<W> {
     pub fn waiters_of(&self, conn: ConnId) -> impl Iterator<Item = (Owner, &W)> {
         let owners = self.conns.get(&conn).into_iter().flat_map(|c| &c.owners);
         owners.filter_map(move |(&handle, o)| Some((Owner { conn, handle }, &self.pending[&o.pending?].waiter)))
+    }
+
+    /// How many of connection `conn`'s owners wait: what ending its waits in one step costs.
+    pub fn waits_on(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.waiting.len())
     }
 
     /// Whether `owner` holds any lock.
