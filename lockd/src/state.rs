@@ -26,7 +26,7 @@ use crate::outbox::ReplySink;
 use crate::reply::{encode_lock_outcome, LockOutcome, ReplyStyle};
 use crate::telemetry::{self, Telemetry};
 use crate::table::{
-    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RebuildError, Release, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup, SLICE,
+    Acquired, ConnId, LockRequest, LockTable, Owner, Page, RawImage, RebuildError, Release, TableError, TableImage, TableStats, Unlocked, WaitEnd, Wakeup, SLICE,
 };
 use crate::tokens::{TokenStore, TokenStoreError};
 
@@ -191,9 +191,10 @@ impl State {
         self.release_all_of(conn, true, |_| {})
     }
 
-    /// The table as data (cluster snapshots); `waiter` says what to keep of each waiter.
-    pub fn image<V>(&self, waiter: impl FnMut(&Waiter) -> V) -> Result<TableImage<V>, RebuildError> {
-        self.table.lock().locks.image(waiter)
+    /// The table as data (cluster snapshots), copied under the lock and put in order by
+    /// [`RawImage::finish`] after it; `waiter` says what to keep of each waiter.
+    pub fn raw_image<V>(&self, waiter: impl FnMut(&Waiter) -> V) -> Result<RawImage<V>, RebuildError> {
+        self.table.lock().locks.raw_image(waiter)
     }
 
     /// Replaces the table with one rebuilt from `image` (a cluster node loading a snapshot).

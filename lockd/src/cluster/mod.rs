@@ -144,6 +144,8 @@ pub enum ClusterError {
     UnreadableLimits { config: String, problem: String },
     #[error("unreadable snapshot: {0}")]
     BadSnapshot(serde_json::Error),
+    #[error("the task encoding a snapshot failed: {0}")]
+    SnapshotTask(tokio::task::JoinError),
     #[error("the snapshot of revision {revision} has {found} of its {expected} chunks")]
     SnapshotIncomplete { revision: i64, found: usize, expected: usize },
     #[error("reading {path}: {source}")]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pklock_proto::Mode;
 use serde::{Deserialize, Serialize};
 
-use super::{Acquired, ConnId, LockRequest, LockTable, Limits, Owner, Pending};
+use super::{Acquired, ConnId, Key, LockRequest, LockTable, Limits, Owner, Pending, RequestId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableImage<V> {
@@ -57,43 +57,84 @@ pub enum RebuildError {
     WaitNotQueued { conn: ConnId, handle: u64, outcome: String },
 }
 
+/// A table's content copied as it lies, cheaply (keys are shared strings): what a
+/// snapshot needs under the table lock. [`finish`](Self::finish) puts it in order after.
+/// At 1M locks the whole image took 234 ms under the lock, during which the node served
+/// nobody.
+#[derive(Debug)]
+pub struct RawImage<V> {
+    last_token: u64,
+    /// (owner, token): key, mode, value.
+    holders: Vec<(Owner, u64, Key, Mode, Option<String>)>,
+    waits: Vec<(RequestId, Owner, Vec<Key>, Mode, Option<String>, Key, V)>,
+}
+
+impl<V> RawImage<V> {
+    /// The image, in the order [`LockTable::rebuild`] needs: holds by token, each hold's
+    /// keys sorted, waits in queue order.
+    pub fn finish(self) -> TableImage<V> {
+        let mut grants: HashMap<(Owner, u64), HoldImage> = HashMap::new();
+        for (owner, token, key, mode, value) in self.holders {
+            let hold = grants.entry((owner, token)).or_insert_with(|| HoldImage {
+                conn: owner.conn,
+                handle: owner.handle,
+                keys: Vec::new(),
+                mode,
+                value,
+                token,
+            });
+            hold.keys.push(key.to_string());
+        }
+        let mut holds: Vec<HoldImage> = grants.into_values().collect();
+        holds.sort_by_key(|h| h.token);
+        for hold in &mut holds {
+            hold.keys.sort_unstable();
+        }
+        let mut waits = self.waits;
+        waits.sort_by_key(|w| w.0);
+        let waits = waits
+            .into_iter()
+            .map(|(_, owner, keys, mode, value, parked_on, waiter)| WaitImage {
+                conn: owner.conn,
+                handle: owner.handle,
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                mode,
+                value,
+                parked_on: parked_on.to_string(),
+                waiter,
+            })
+            .collect();
+        TableImage { last_token: self.last_token, holds, waits }
+    }
+}
+
 impl<W> LockTable<W> {
     /// This table as data; `waiter` says what to keep of each waiter.
-    pub fn image<V>(&self, mut waiter: impl FnMut(&W) -> V) -> Result<TableImage<V>, RebuildError> {
-        let mut grants: HashMap<(Owner, u64), HoldImage> = HashMap::new();
-        for state in self.keys.range("", None) {
+    pub fn image<V>(&self, waiter: impl FnMut(&W) -> V) -> Result<TableImage<V>, RebuildError> {
+        self.raw_image(waiter).map(RawImage::finish)
+    }
+
+    /// What [`image`](Self::image) copies from the table (see [`RawImage`]).
+    pub fn raw_image<V>(&self, mut waiter: impl FnMut(&W) -> V) -> Result<RawImage<V>, RebuildError> {
+        let mut holders = Vec::with_capacity(self.held);
+        for state in self.keys.all() {
             for holder in state.holders() {
                 if holder.lingering {
                     return Err(RebuildError::Lingering);
                 }
-                let hold = grants.entry((holder.owner, holder.token)).or_insert_with(|| HoldImage {
-                    conn: holder.owner.conn,
-                    handle: holder.owner.handle,
-                    keys: Vec::new(),
-                    mode: holder.mode,
-                    value: self.values.name(holder.value).map(str::to_owned),
-                    token: holder.token,
-                });
-                hold.keys.push(state.key.to_string());
+                let value = self.values.name(holder.value).map(str::to_owned);
+                holders.push((holder.owner, holder.token, state.key.clone(), holder.mode, value));
             }
         }
-        let mut holds: Vec<HoldImage> = grants.into_values().collect();
-        holds.sort_by_key(|h| h.token);
-        let mut queued: Vec<_> = self.pending.iter().collect();
-        queued.sort_by_key(|(rid, _)| **rid);
-        let waits = queued
-            .into_iter()
-            .map(|(_, p)| WaitImage {
-                conn: p.owner.conn,
-                handle: p.owner.handle,
-                keys: p.keys.iter().map(|k| k.to_string()).collect(),
-                mode: p.mode,
-                value: self.values.name(p.value).map(str::to_owned),
-                parked_on: p.queued_on[p.parked_on].key.to_string(),
-                waiter: waiter(&p.waiter),
+        let waits = self
+            .pending
+            .iter()
+            .map(|(&rid, p)| {
+                let value = self.values.name(p.value).map(str::to_owned);
+                (rid, p.owner, p.keys.clone(), p.mode, value, p.queued_on[p.parked_on].key.clone(), waiter(&p.waiter))
             })
             .collect();
-        Ok(TableImage { last_token: self.last_token, holds, waits })
+        Ok(RawImage { last_token: self.last_token, holders, waits })
     }
 
     /// A table equal to the one `image` was taken of; `waiter` turns each kept waiter back

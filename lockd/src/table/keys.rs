@@ -440,6 +440,11 @@ impl KeyMap {
         self.slots.find(self.hash(key), |id| *records[id as usize].key == *key).map(|id| id as usize)
     }
 
+    /// Every key, in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &KeyState> + '_ {
+        self.records.iter().map(|(_, state)| state)
+    }
+
     pub fn get(&self, key: &str) -> Option<&KeyState> {
         self.find(key).map(|id| &self.records[id])
     }

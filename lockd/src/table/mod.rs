@@ -48,7 +48,7 @@ mod slots;
 mod snapshot;
 mod values;
 
-pub use image::{HoldImage, RebuildError, TableImage, WaitImage};
+pub use image::{HoldImage, RawImage, RebuildError, TableImage, WaitImage};
 pub use release::{Release, SLICE};
 pub use snapshot::{HolderView, KeyView, Page, TableStats, WaiterView};
 pub use values::{ValueId, NO_VALUE};
