@@ -200,7 +200,10 @@ impl State {
     /// Replaces the table with one rebuilt from `image` (a cluster node loading a snapshot).
     pub fn restore<V>(&self, image: TableImage<V>, waiter: impl FnMut(ConnId, V) -> Waiter) -> Result<(), RebuildError> {
         let rebuilt = LockTable::rebuild(self.config.limits(), image, Instant::now(), waiter)?;
-        self.table.lock().locks = rebuilt;
+        let replaced = std::mem::replace(&mut self.table.lock().locks, rebuilt);
+        // Freed after the lock: a node whose watch fell behind reloads while holding a
+        // table as large as the new one.
+        drop(replaced);
         Ok(())
     }
 
