@@ -287,14 +287,7 @@ fn a_million_waiters_stall_nobody_while_they_queue() {
     let (mut holder, mut observer) = (lockd.client(), lockd.client());
     holder.lock("K", 0);
     let probe = PingProbe::table(lockd.addr);
-    let mut crowd = Vec::new();
-    for queued in 1..=CONNECTIONS {
-        let mut client = lockd.client();
-        let sent = flood(&mut client, (1..=PER_CONNECTION).map(|o| json!({"command": "lock", "parameters": {"keys": "K", "owner": o}})));
-        await_stat(&mut observer, "waiters", queued * PER_CONNECTION, SETUP_LIMIT);
-        sent.join().unwrap();
-        crowd.push(client);
-    }
+    let _crowd = queue_waits(&lockd, &mut observer, CONNECTIONS, PER_CONNECTION, || None);
     let queuing = probe.finish();
     eprintln!("{} waiters: while they queued, bystander: {queuing}", CONNECTIONS * PER_CONNECTION);
     assert!(queuing.max() < Duration::from_millis(150), "while the waiters queued, bystander: {queuing}");
