@@ -18,13 +18,23 @@ impl<W> LockTable<W> {
     /// due. Waits often come due together (a million of them after the server was not
     /// scheduled for a second) and ending a million took 2 s in one step: the caller lets
     /// others at the table between steps.
+    ///
+    /// They end in deadline order, and what the ends of one moment free is granted before
+    /// the next moment's are looked at: a server that comes late decides as one on time
+    /// would have (a wait due later may be granted rather than end), except that more than
+    /// [`SLICE`] deadlines of one moment are split between steps.
     pub fn expire_step(&mut self, now: Instant, woken: &mut Vec<Wakeup<W>>) -> bool {
         let mut dirty = Vec::new();
+        let mut moment = None;
         for _ in 0..SLICE {
-            let Some(Reverse((at, _))) = self.deadlines.peek() else { break };
-            if *at > now {
+            let Some(&Reverse((at, _))) = self.deadlines.peek() else { break };
+            if at > now {
                 break;
             }
+            if moment.is_some_and(|m| m != at) {
+                self.process(std::mem::take(&mut dirty), now, woken);
+            }
+            moment = Some(at);
             let Reverse((_, deadline)) = self.deadlines.pop().expect("peeked");
             match deadline {
                 Deadline::Wait(rid) => {

@@ -747,3 +747,18 @@ fn waits_due_together_end_a_slice_per_step_earliest_first() {
     f.table.expire(f.now + Duration::from_secs(3), &mut f.woken);
     assert_eq!(f.woken_names(), ["sooner", "later"]);
 }
+
+#[test]
+fn a_late_expiry_decides_as_an_on_time_one() {
+    // E's end at 1 s lets W share k with S, before W's own deadline at 2 s: so it is,
+    // even when expiry first runs at 3 s.
+    let mut f = Fixture::new();
+    f.s(owner(1, 0), &["k"], "S");
+    f.lock(owner(2, 0), &["k"], Mode::Exclusive, Some(1), "E").unwrap();
+    f.lock(owner(3, 0), &["k"], Mode::Shared, Some(2), "W").unwrap();
+    f.advance(3);
+    let woken = f.woken();
+    assert_eq!(woken[0], ("E", WaitEnd::TimedOut));
+    assert_eq!(woken[1].0, "W");
+    assert!(matches!(woken[1].1, WaitEnd::Granted { .. }), "{woken:?}");
+}

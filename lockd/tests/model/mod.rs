@@ -252,11 +252,14 @@ impl Model {
             }
             Op::Advance { secs } => {
                 self.now += secs;
-                let now = self.now;
-                let (expired, kept): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|r| r.deadline.is_some_and(|d| d <= now));
-                self.waiting = kept;
-                woken.extend(expired.into_iter().map(|r| (r.id, "timed out")));
-                self.settle(woken);
+                // Waits end in deadline order, and what ends at one moment is granted
+                // before the next moment's deadlines: as an on-time server would.
+                while let Some(due) = self.waiting.iter().filter_map(|r| r.deadline).filter(|&d| d <= self.now).min() {
+                    let (expired, kept): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|r| r.deadline == Some(due));
+                    self.waiting = kept;
+                    woken.extend(expired.into_iter().map(|r| (r.id, "timed out")));
+                    self.settle(woken);
+                }
                 Outcome::Other
             }
         }
