@@ -59,9 +59,9 @@ pub enum StartError {
     State(#[from] TokenStoreError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
-    #[error("cannot start the metrics exporter")]
+    #[error("cannot start the metrics exporter: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("cannot join the cluster")]
+    #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
 }
 

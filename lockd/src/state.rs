@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ pub struct State {
     /// turns here first, off the runtime, so that a request waits behind one of them at
     /// most instead of behind every connection that closed at the same moment.
     bulk_turn: Mutex<()>,
+    /// More than [`SLICE`] requests wait server-wide (else no connection can have more):
+    /// only then does a closing connection weigh its first step.
+    many_waiters: AtomicBool,
     peers: Mutex<HashMap<ConnId, Peer>>,
     pub started: Instant,
     next_conn: AtomicU64,
@@ -111,6 +114,7 @@ impl State {
             config,
             table: Mutex::new(Guarded { locks, tokens }),
             bulk_turn: Mutex::new(()),
+            many_waiters: AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
@@ -153,6 +157,10 @@ impl State {
                 // Tokens stay above the clock-based floor; only the disk-backed guarantee
                 // is weakened, and it is retried on every grant.
                 error!(error = %e, "fencing tokens may pass the recorded ceiling");
+            }
+            let many_waiters = guarded.locks.waiter_count() > SLICE;
+            if many_waiters != self.many_waiters.load(Ordering::Relaxed) {
+                self.many_waiters.store(many_waiters, Ordering::Relaxed);
             }
             let after = guarded.locks.next_deadline();
             (result, after.is_some_and(|a| before.is_none_or(|b| a < b)))
@@ -234,6 +242,9 @@ impl State {
         let start = |t: &mut LockTable<Waiter>, now, woken: &mut Vec<Wakeup<Waiter>>| t.start_release_connection(conn, dead, now, woken);
         // Its waits all end in the first step (up to --max-waiters-per-connection of them).
         let many_waits = |t: &LockTable<Waiter>| t.waits_on(conn) > SLICE;
+        if !self.many_waiters.load(Ordering::Relaxed) {
+            return self.release(false, start, released);
+        }
         // Found without waiting for the table on the runtime: when many connections close
         // at once, a worker waiting there holds up every task queued behind it.
         match self.table.try_lock().map(|guarded| many_waits(&guarded.locks)) {

@@ -36,8 +36,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, each cause once: most of our messages already
-/// quote their cause, which anyhow's report would print again under "Caused by".
+/// An error followed by each cause it does not already quote (most of our messages quote
+/// theirs, which anyhow's report would print again under "Caused by"), on one line unless
+/// a message has several (a TOML error shows the line it points at).
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1).map(ToString::to_string) {

@@ -61,13 +61,17 @@ fn differences(theirs: &str, ours: &Limits) -> Result<Vec<String>, String> {
         Ok(Value::Object(config)) => config,
         _ => return Err(format!("unreadable: {theirs:?}")),
     };
+    let known = shared(ours);
+    if let Some(unknown) = config.keys().find(|field| !known.iter().any(|s| s.field == field.as_str())) {
+        return Err(format!("written by a newer lockd: it has {unknown}, a limit this lockd does not apply; upgrade this node"));
+    }
     let mut lines = Vec::new();
-    for limit in shared(ours) {
+    for limit in known {
         let (cluster, why) = match config.get(limit.field) {
             Some(value) => (value.as_u64().ok_or_else(|| format!("unreadable {}: {value}", limit.field))?, None),
             None => match older_equivalent(limit.field, &config) {
                 Some((value, why)) => (value, Some(why)),
-                None => return Err(format!("it has no {} (written by a lockd this one cannot follow): {theirs}", limit.field)),
+                None => return Err(format!("it has no {}, and no older lockd went without it: {theirs}", limit.field)),
             },
         };
         if cluster != limit.value as u64 {
@@ -141,9 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn a_config_that_cannot_be_read_is_refused_saying_so() {
+    fn a_config_that_cannot_be_read_or_has_limits_this_node_does_not_know_is_refused_saying_so() {
         assert!(differences("not json", &Limits::default()).unwrap_err().contains("unreadable"));
         assert!(differences(r#"{"max_locks":"many"}"#, &Limits::default()).unwrap_err().contains("max_locks"));
         assert!(differences(r#"{"max_locks":1}"#, &Limits::default()).unwrap_err().contains("no max_memory"));
+        let newer = record(&Limits::default()).replace('}', r#","max_something":1}"#);
+        assert!(differences(&newer, &Limits::default()).unwrap_err().contains("written by a newer lockd: it has max_something"));
     }
 }

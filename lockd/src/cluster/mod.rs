@@ -140,7 +140,7 @@ pub enum ClusterError {
          the same limits to reach the same decisions, so start this node with the cluster's"
     )]
     LimitsDiffer { config: String, differences: String },
-    #[error("the cluster's limits ({config}) are {problem}")]
+    #[error("the cluster's limits ({config}) cannot be used: {problem}")]
     UnreadableLimits { config: String, problem: String },
     #[error("unreadable snapshot: {0}")]
     BadSnapshot(serde_json::Error),

@@ -479,6 +479,11 @@ impl<W> LockTable<W> {
         owners.filter_map(move |(&handle, o)| Some((Owner { conn, handle }, &self.pending[&o.pending?].waiter)))
     }
 
+    /// How many requests wait, server-wide.
+    pub fn waiter_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// How many of connection `conn`'s owners wait: what ending its waits in one step costs.
     pub fn waits_on(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, |c| c.waiting.len())
