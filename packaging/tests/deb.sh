@@ -18,7 +18,7 @@ info=$(dpkg-deb -I "$deb")
 grep -q "^ Package: lockd$" <<<"$info" || fail "control has no Package: lockd: $info"
 grep -q "^ Depends: .*libc6" <<<"$info" || fail "control does not depend on libc6: $info"
 [ "$(dpkg-deb -f "$deb" Version)" = "$("$root/target/release/lockd" --version | cut -d' ' -f2)-1" ] || fail "version differs from lockd --version"
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/pklock/lockd.toml || fail "lockd.toml is not a conffile"
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -x /etc/pklock/lockd.toml >/dev/null || fail "lockd.toml is not a conffile"
 
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
 for path in ./usr/bin/lockd ./usr/bin/lockctl ./etc/pklock/lockd.toml ./usr/share/man/man1/lockd.1.gz; do
@@ -31,5 +31,5 @@ assert_stripped "$work/root/usr/bin/lockd"
 "$work/root/usr/bin/lockd" --version >/dev/null || fail "packaged lockd does not run"
 grep -qx "ExecStart=/usr/bin/lockd --config /etc/pklock/lockd.toml" "$work/root/$unit_path" || fail "unit's ExecStart: $(grep ExecStart= "$work/root/$unit_path")"
 verify_unit "$work/root/$unit_path" "$work/root/usr/bin/lockd"
-zcat "$work/root/usr/share/man/man1/lockd.1.gz" | grep -qF 'max\-clients' || fail "the man page does not list --max-clients"
+zcat "$work/root/usr/share/man/man1/lockd.1.gz" | grep -F 'max\-clients' >/dev/null || fail "the man page does not list --max-clients"
 echo "deb: ok ($(stat -c %s "$deb") bytes)"

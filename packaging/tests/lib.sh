@@ -21,7 +21,7 @@ verify_unit() {
 
 # assert_stripped FILE: FILE carries no debug info.
 assert_stripped() {
-  if readelf -S "$1" | grep -q '\.debug_info'; then
+  if readelf -S "$1" | grep '\.debug_info' >/dev/null; then
     fail "$1 has debug info ($(stat -c %s "$1") bytes)"
   fi
 }
